@@ -1,0 +1,4 @@
+//! archwatch
+pub mod binfmt;
+pub mod platform;
+pub mod rootfs;
