@@ -1,4 +1,6 @@
 //! archwatch
 pub mod binfmt;
+pub mod inspect;
 pub mod platform;
+pub mod report;
 pub mod rootfs;

@@ -1,1 +1,204 @@
-fn main() {}
+//! `archwatch`: parse the command line and run one subcommand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+
+use archwatch::binfmt::Table;
+use archwatch::inspect::{self, Request};
+use archwatch::platform::{Arch, Node};
+use archwatch::report;
+use archwatch::rootfs::Rootfs;
+
+const DEFAULT_BINFMT_DIR: &str = "/proc/sys/fs/binfmt_misc";
+
+#[derive(Parser)]
+#[command(
+    name = "archwatch",
+    version,
+    about = "Says why a container's entrypoint will not exec on this node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Will argv[0] exec on this node? Inspects the files of a container root.
+    Inspect(InspectArgs),
+    /// Lists binfmt_misc handlers and the architecture each one emulates.
+    Binfmt(BinfmtArgs),
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// The container root as one directory.
+    #[arg(long, conflicts_with = "layers")]
+    rootfs: Option<PathBuf>,
+    /// Overlay layers, top first: TOP:...:BOTTOM.
+    #[arg(long)]
+    layers: Option<String>,
+    /// Node architecture (OCI or uname name); default: this machine.
+    #[arg(long)]
+    node_arch: Option<String>,
+    /// binfmt_misc table to use (files in the format of /proc/sys/fs/binfmt_misc).
+    #[arg(long)]
+    binfmt_dir: Option<PathBuf>,
+    /// Process environment, KEY=VALUE (PATH is used for the lookup of a bare argv[0]).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(long, default_value = "/")]
+    workdir: String,
+    /// Architecture the image config claims (reports config_arch_mismatch when it lies).
+    #[arg(long)]
+    claimed_arch: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// The command: argv[0] and its arguments.
+    #[arg(last = true)]
+    argv: Vec<String>,
+}
+
+#[derive(Args)]
+struct BinfmtArgs {
+    #[arg(long, default_value = DEFAULT_BINFMT_DIR)]
+    binfmt_dir: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Inspect(a) => run_inspect(a),
+        Command::Binfmt(a) => run_binfmt(a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("archwatch: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn node(arch: Option<&str>) -> anyhow::Result<Node> {
+    match arch {
+        Some(a) => Ok(Node::with_arch(Arch::parse(a).with_context(|| {
+            format!("unknown architecture {a:?} (try amd64, arm64, arm/v7, s390x, ...)")
+        })?)),
+        None => Ok(Node::detect()),
+    }
+}
+
+/// Reads the binfmt table: an explicit directory must be readable; the default one may be
+/// absent (binfmt_misc not mounted), which means no handlers.
+fn binfmt_table(dir: Option<&PathBuf>) -> anyhow::Result<(Table, Option<String>)> {
+    let explicit = dir.is_some();
+    let dir = dir
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BINFMT_DIR));
+    match Table::read_dir(&dir) {
+        Ok((t, errs)) => {
+            for e in errs {
+                eprintln!("archwatch: skipping {e}");
+            }
+            Ok((t, None))
+        }
+        Err(e) if !explicit => Ok((
+            Table::empty(),
+            Some(format!(
+                "{e}; treating the node as having no binfmt_misc handlers"
+            )),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
+    let layers: Vec<PathBuf> = match (&a.rootfs, &a.layers) {
+        (Some(r), None) => vec![r.clone()],
+        (None, Some(l)) => l
+            .split(':')
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+        _ => bail!("give the container root with --rootfs DIR or --layers TOP:...:BOTTOM"),
+    };
+    if a.argv.is_empty() {
+        bail!("give the command after --, e.g. archwatch inspect --rootfs DIR -- /app --flag");
+    }
+    let node = node(a.node_arch.as_deref())?;
+    let (table, binfmt_note) = binfmt_table(a.binfmt_dir.as_ref())?;
+    let mut path_env = None;
+    for kv in &a.env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env wants KEY=VALUE, got {kv:?}"))?;
+        if k == "PATH" {
+            path_env = Some(v.to_string());
+        }
+    }
+    let claimed_arch = match &a.claimed_arch {
+        Some(c) => Some(Arch::parse(c).with_context(|| format!("unknown architecture {c:?}"))?),
+        None => None,
+    };
+    let root = Rootfs::new(layers)?;
+    let req = Request {
+        argv: &a.argv,
+        path_env: path_env.as_deref(),
+        cwd: &a.workdir,
+        claimed_arch,
+    };
+    let mut result = inspect::inspect(
+        &root,
+        &req,
+        inspect::Context {
+            node: &node,
+            binfmt: &table,
+        },
+    )?;
+    if let Some(n) = binfmt_note {
+        result.findings.push(inspect::Finding {
+            code: "binfmt_unavailable",
+            detail: n,
+        });
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", report::inspection(&result, &node));
+    }
+    Ok(u8::try_from(result.verdict.exit_code()).unwrap_or(1))
+}
+
+fn run_binfmt(a: BinfmtArgs) -> anyhow::Result<u8> {
+    let (table, errs) = Table::read_dir(&a.binfmt_dir)?;
+    for e in &errs {
+        eprintln!("archwatch: skipping {e}");
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&table)?);
+    } else {
+        print!(
+            "{}",
+            report::binfmt(&table, &a.binfmt_dir.display().to_string())
+        );
+    }
+    Ok(0)
+}

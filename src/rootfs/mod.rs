@@ -60,13 +60,24 @@ pub struct Hop {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Resolved {
-    Found { entry: Entry, hops: Vec<Hop> },
+    Found {
+        entry: Entry,
+        hops: Vec<Hop>,
+    },
     /// ENOENT: `missing` is the first container path that does not exist (after symlinks).
-    NotFound { missing: String, hops: Vec<Hop> },
+    NotFound {
+        missing: String,
+        hops: Vec<Hop>,
+    },
     /// ENOTDIR: a non-directory was used as a directory.
-    NotADirectory { at: String, hops: Vec<Hop> },
+    NotADirectory {
+        at: String,
+        hops: Vec<Hop>,
+    },
     /// ELOOP: more than [`MAX_SYMLINK_HOPS`] symlinks.
-    Loop { hops: Vec<Hop> },
+    Loop {
+        hops: Vec<Hop>,
+    },
 }
 
 /// Result of looking up argv[0] the way runc does.

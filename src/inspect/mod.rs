@@ -1,0 +1,980 @@
+//! Will argv[0] exec on this node? Inspection of the files alone.
+//!
+//! The walk mirrors the kernel's `execve` path: runc's PATH lookup, then binfmt_misc
+//! (registered ahead of the ELF and script loaders, so it is asked first), then `#!`
+//! scripts (recursing into the interpreter, at most five rewrites), then ELF (machine,
+//! class, PT_INTERP resolved in the same root). Every file is found through
+//! [`crate::rootfs::Rootfs`], so nothing outside the container root is ever read.
+//!
+//! "Cannot run" is a [`Verdict`], not an error: `Err` means the files could not be read.
+
+pub mod elf;
+pub mod script;
+pub mod source;
+pub mod verdict;
+
+use serde::Serialize;
+
+use crate::binfmt::{self, Table};
+use crate::platform::{Arch, Nativity, Node};
+use crate::rootfs::{self, Entry, FileKind, Hop, Resolved, Rootfs, RootfsError};
+use elf::{ElfInfo, Libc, Parsed};
+use script::Shebang;
+use source::{read_vec, FileSource};
+pub use verdict::Verdict;
+
+/// The kernel fails an exec after this many interpreter rewrites (fs/exec.c, exec_binprm).
+const MAX_REWRITES: usize = 5;
+
+/// What to inspect.
+#[derive(Clone, Debug)]
+pub struct Request<'a> {
+    pub argv: &'a [String],
+    /// `PATH` from the process environment; `None` means runc's default.
+    pub path_env: Option<&'a str>,
+    /// Working directory inside the container.
+    pub cwd: &'a str,
+    /// Architecture the image metadata claims, to catch metadata that lies.
+    pub claimed_arch: Option<Arch>,
+}
+
+/// The node's side of the question.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    pub node: &'a Node,
+    pub binfmt: &'a Table,
+}
+
+/// The answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Inspection {
+    pub verdict: Verdict,
+    /// One sentence: why.
+    pub cause: String,
+    /// One sentence: what to change.
+    pub fix: String,
+    /// What the kernel or runtime will say.
+    pub symptom: &'static str,
+    pub argv: Vec<String>,
+    pub node_arch: Arch,
+    /// Architecture of the ELF file that decided the verdict, when there is one.
+    pub binary_arch: Option<Arch>,
+    /// binfmt_misc handler that takes the binary, when one does.
+    pub handler: Option<String>,
+    /// Files followed, in order: argv[0], interpreters, loader, emulator.
+    pub chain: Vec<Step>,
+    /// Facts beside the verdict (`config_arch_mismatch`, `compat_32bit`, ...).
+    pub findings: Vec<Finding>,
+    pub bytes_read: u64,
+}
+
+/// One file on the way from argv[0] to the code that runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub role: Role,
+    /// The path as written (argv[0], `#!` line, PT_INTERP, handler interpreter).
+    pub requested: String,
+    /// Canonical path inside the root, when it exists.
+    pub resolved: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hops: Vec<Hop>,
+    /// Short description: `ELF 64-bit LSB arm64, static`, `script (#!/bin/sh)`, `directory`.
+    pub what: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elf: Option<ElfInfo>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Argv0,
+    Interpreter,
+    EnvTarget,
+    Loader,
+    Emulator,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("no command: argv is empty (give one after --, or an image with an entrypoint)")]
+    EmptyArgv,
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl InspectError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InspectError::EmptyArgv => "empty_argv",
+            InspectError::Rootfs(e) => e.kind(),
+            InspectError::Read { .. } => "read",
+        }
+    }
+}
+
+/// Inspects `req.argv[0]` in `root` for the node in `ctx`.
+pub fn inspect(root: &Rootfs, req: &Request, ctx: Context) -> Result<Inspection, InspectError> {
+    let argv0 = req.argv.first().ok_or(InspectError::EmptyArgv)?;
+    let mut w = Walk {
+        root,
+        req,
+        ctx,
+        chain: Vec::new(),
+        findings: Vec::new(),
+        bytes: 0,
+        handler: None,
+    };
+    let d = w.argv0(argv0)?;
+    if let (Some(claimed), Some(real)) = (req.claimed_arch, d.binary_arch) {
+        if !same_arch(claimed, real) {
+            w.findings.push(Finding {
+                code: "config_arch_mismatch",
+                detail: format!(
+                    "the image config says {claimed} but {} is a {real} binary: the metadata lies, the kernel tells the truth",
+                    d.file
+                ),
+            });
+        }
+    }
+    Ok(Inspection {
+        verdict: d.verdict,
+        cause: d.cause,
+        fix: d.fix,
+        symptom: d.verdict.symptom(),
+        argv: req.argv.to_vec(),
+        node_arch: ctx.node.arch,
+        binary_arch: d.binary_arch,
+        handler: w.handler,
+        chain: w.chain,
+        findings: w.findings,
+        bytes_read: w.bytes,
+    })
+}
+
+fn same_arch(a: Arch, b: Arch) -> bool {
+    match (a, b) {
+        (Arch::Arm(x), Arch::Arm(y)) => x.is_none() || y.is_none() || x == y,
+        _ => a == b,
+    }
+}
+
+/// A decided verdict with its sentences.
+struct Decision {
+    verdict: Verdict,
+    cause: String,
+    fix: String,
+    binary_arch: Option<Arch>,
+    /// The file the verdict is about (for findings).
+    file: String,
+}
+
+impl Decision {
+    fn new(verdict: Verdict, file: &str, cause: String, fix: String) -> Decision {
+        Decision {
+            verdict,
+            cause,
+            fix,
+            binary_arch: None,
+            file: file.to_string(),
+        }
+    }
+    fn arch(mut self, arch: Option<Arch>) -> Decision {
+        self.binary_arch = arch;
+        self
+    }
+}
+
+struct Walk<'a> {
+    root: &'a Rootfs,
+    req: &'a Request<'a>,
+    ctx: Context<'a>,
+    chain: Vec<Step>,
+    findings: Vec<Finding>,
+    bytes: u64,
+    handler: Option<String>,
+}
+
+fn kind_name(k: FileKind) -> &'static str {
+    match k {
+        FileKind::Regular => "regular file",
+        FileKind::Directory => "directory",
+        FileKind::Symlink => "symlink",
+        FileKind::Fifo => "FIFO",
+        FileKind::Socket => "socket",
+        FileKind::CharDevice => "character device",
+        FileKind::BlockDevice => "block device",
+    }
+}
+
+impl Walk<'_> {
+    fn node(&self) -> String {
+        format!("linux/{}", self.ctx.node.arch)
+    }
+
+    fn push(
+        &mut self,
+        role: Role,
+        requested: &str,
+        resolved: Option<String>,
+        hops: Vec<Hop>,
+        what: String,
+    ) -> usize {
+        self.chain.push(Step {
+            role,
+            requested: requested.to_string(),
+            resolved,
+            hops,
+            what,
+            elf: None,
+        });
+        self.chain.len() - 1
+    }
+
+    fn argv0(&mut self, argv0: &str) -> Result<Decision, InspectError> {
+        let lookup = self
+            .root
+            .lookup_exec(argv0, self.req.path_env, self.req.cwd)?;
+        let path_list = self.req.path_env.unwrap_or(rootfs::DEFAULT_PATH);
+        match lookup.resolved {
+            Resolved::Found { entry, hops } => {
+                if lookup.path_exhausted {
+                    let why = if entry.kind == FileKind::Directory {
+                        "a directory".to_string()
+                    } else {
+                        "not executable".to_string()
+                    };
+                    self.push(
+                        Role::Argv0,
+                        argv0,
+                        Some(entry.path.clone()),
+                        hops,
+                        kind_name(entry.kind).into(),
+                    );
+                    return Ok(Decision::new(
+                        Verdict::NotFound,
+                        argv0,
+                        format!(
+                            "runc's PATH lookup skips {} because it is {why}, and no other directory of PATH={path_list} has an executable {argv0}",
+                            entry.path
+                        ),
+                        format!("Make {} executable (chmod +x, or COPY --chmod=755) or call the right file by its full path.", entry.path),
+                    ));
+                }
+                self.exec(Role::Argv0, argv0, entry, hops, 0)
+            }
+            Resolved::NotFound { missing, hops } => {
+                self.push(Role::Argv0, argv0, None, hops, "missing".into());
+                let cause = if !argv0.contains('/') {
+                    format!(
+                        "{argv0} is in none of the directories of PATH={path_list} inside the image"
+                    )
+                } else if missing.trim_end_matches('/')
+                    == absolute(argv0, self.req.cwd).trim_end_matches('/')
+                {
+                    format!("{argv0} does not exist in the image")
+                } else {
+                    format!("{argv0} does not exist in the image: {missing} is missing")
+                };
+                Ok(Decision::new(
+                    Verdict::NotFound,
+                    argv0,
+                    cause,
+                    format!("Point the entrypoint or command at a file the image has, or add {argv0} to the image (check the build stage that should COPY it)."),
+                ))
+            }
+            Resolved::NotADirectory { at, hops } => {
+                self.push(Role::Argv0, argv0, None, hops, "missing".into());
+                Ok(Decision::new(
+                    Verdict::NotFound,
+                    argv0,
+                    format!("{argv0} cannot exist: {at} is a file, not a directory"),
+                    format!("Point the entrypoint or command at a file the image has (the path through {at} is wrong)."),
+                ))
+            }
+            Resolved::Loop { hops } => {
+                let at = hops.last().map(|h| h.link.clone()).unwrap_or_default();
+                self.push(Role::Argv0, argv0, None, hops, "symlink loop".into());
+                Ok(Decision::new(
+                    Verdict::SymlinkLoop,
+                    argv0,
+                    format!(
+                        "resolving {argv0} follows more than {} symlinks (a loop through {at})",
+                        rootfs::MAX_SYMLINK_HOPS
+                    ),
+                    format!("Fix the symlink {at} in the image so the chain ends at a real file."),
+                ))
+            }
+        }
+    }
+
+    /// The kernel's part: exec `entry` (found as `requested`), `rewrites` interpreters deep.
+    fn exec(
+        &mut self,
+        role: Role,
+        requested: &str,
+        entry: Entry,
+        hops: Vec<Hop>,
+        rewrites: usize,
+    ) -> Result<Decision, InspectError> {
+        let path = entry.path.clone();
+        if entry.kind != FileKind::Regular {
+            self.push(
+                role,
+                requested,
+                Some(path.clone()),
+                hops,
+                kind_name(entry.kind).into(),
+            );
+            return Ok(Decision::new(
+                Verdict::NotARegularFile,
+                &path,
+                format!(
+                    "{} {path} is a {}, which the kernel refuses to exec",
+                    role_name(role),
+                    kind_name(entry.kind)
+                ),
+                format!(
+                    "Point the {} at a regular file, not a {}.",
+                    role_target(role),
+                    kind_name(entry.kind)
+                ),
+            ));
+        }
+        if entry.mode & 0o111 == 0 {
+            self.push(
+                role,
+                requested,
+                Some(path.clone()),
+                hops,
+                format!("regular file, mode {:04o}", entry.mode),
+            );
+            return Ok(Decision::new(
+                Verdict::NotExecutable,
+                &path,
+                format!("{} {path} has mode {:04o}: no execute bit", role_name(role), entry.mode),
+                format!("Set the execute bit on {path} in the image (RUN chmod +x, or COPY --chmod=755)."),
+            ));
+        }
+        let file = self.root.open_regular(&entry)?;
+        let src = FileSource::new(file, entry.size);
+        let result = self.exec_file(role, requested, &entry, hops, &src, rewrites);
+        self.bytes += src.bytes_read();
+        result
+    }
+
+    fn exec_file(
+        &mut self,
+        role: Role,
+        requested: &str,
+        entry: &Entry,
+        hops: Vec<Hop>,
+        src: &FileSource,
+        rewrites: usize,
+    ) -> Result<Decision, InspectError> {
+        let path = entry.path.clone();
+        let read_err = |source| InspectError::Read {
+            path: path.clone(),
+            source,
+        };
+        let head = read_vec(src, 0, binfmt::BINPRM_BUF_SIZE).map_err(read_err)?;
+
+        // binfmt_misc is registered ahead of the ELF and script loaders.
+        if let Some(h) = self.ctx.binfmt.matching(&head, &path) {
+            let h = h.clone();
+            return self.emulate(role, requested, entry, hops, src, &h);
+        }
+
+        if head.starts_with(b"#!") {
+            let idx = self.push(role, requested, Some(path.clone()), hops, "script".into());
+            return self.script(idx, &path, &head, rewrites);
+        }
+        if head.starts_with(b"\x7fELF") {
+            return self.elf(role, requested, &path, hops, src);
+        }
+        let (verdict, what, cause, fix) = if head.is_empty() {
+            (
+                Verdict::UnknownFormat,
+                "empty file".to_string(),
+                format!("{path} is an empty file"),
+                format!("Rebuild the image so {path} holds the program (a failed build step or COPY left it empty)."),
+            )
+        } else if script::bom_before_shebang(&head) {
+            (
+                Verdict::ScriptNoShebang,
+                "script with a byte order mark".to_string(),
+                format!("{path} starts with a UTF-8 byte order mark before #!, so the kernel does not see a shebang"),
+                format!("Save {path} as UTF-8 without BOM (e.g. sed -i '1s/^\\xEF\\xBB\\xBF//') and rebuild."),
+            )
+        } else if script::looks_like_text(&head) {
+            (
+                Verdict::ScriptNoShebang,
+                "text without #!".to_string(),
+                format!("{path} is text without a #! line; the kernel does not run scripts without one (only a shell does)"),
+                format!("Add a #! line such as #!/bin/sh as the very first bytes of {path}, or run it as sh {path}."),
+            )
+        } else {
+            let name = format_name(&head);
+            (
+                Verdict::UnknownFormat,
+                name.clone(),
+                format!("{path} is {name}, which Linux cannot exec"),
+                format!("Ship a Linux ELF binary for {} in the image.", self.node()),
+            )
+        };
+        self.push(role, requested, Some(path.clone()), hops, what);
+        Ok(Decision::new(verdict, &path, cause, fix))
+    }
+
+    fn emulate(
+        &mut self,
+        role: Role,
+        requested: &str,
+        entry: &Entry,
+        hops: Vec<Hop>,
+        src: &FileSource,
+        h: &binfmt::Handler,
+    ) -> Result<Decision, InspectError> {
+        let path = entry.path.clone();
+        let elf = match elf::parse(src).map_err(|source| InspectError::Read {
+            path: path.clone(),
+            source,
+        })? {
+            Parsed::Elf(i) => Some(*i),
+            Parsed::Truncated(_) => None,
+        };
+        let arch = elf.as_ref().map(|e| e.arch);
+        let what = elf
+            .as_ref()
+            .map(|e| e.describe())
+            .unwrap_or_else(|| "file".into());
+        let idx = self.push(role, requested, Some(path.clone()), hops, what);
+        self.chain[idx].elf = elf.clone();
+        self.handler = Some(h.name.clone());
+        let arch_s = arch
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "foreign".into());
+        if !h.fix_binary() {
+            match self.root.resolve(&h.interpreter, "/")? {
+                Resolved::Found { entry: e, hops }
+                    if e.kind == FileKind::Regular && e.mode & 0o111 != 0 =>
+                {
+                    self.push(
+                        Role::Emulator,
+                        &h.interpreter,
+                        Some(e.path),
+                        hops,
+                        format!("binfmt_misc interpreter of {}", h.name),
+                    );
+                }
+                other => {
+                    let hops = match other {
+                        Resolved::Found { hops, .. }
+                        | Resolved::NotFound { hops, .. }
+                        | Resolved::NotADirectory { hops, .. }
+                        | Resolved::Loop { hops } => hops,
+                    };
+                    self.push(Role::Emulator, &h.interpreter, None, hops, "missing".into());
+                    return Ok(Decision::new(
+                        Verdict::EmulatorMissing,
+                        &path,
+                        format!(
+                            "{path} is a {arch_s} binary; binfmt_misc handler {} takes it but was registered without the F flag, so the kernel looks for {} inside the container, where it does not exist",
+                            h.name, h.interpreter
+                        ),
+                        format!("Register the {} handler with the F (fix-binary) flag, or better publish a {} image.", h.name, self.node()),
+                    )
+                    .arch(arch));
+                }
+            }
+        }
+        // The emulator loads the binary's own loader from the container root.
+        if let Some(d) = self.loader(&path, elf.as_ref())? {
+            return Ok(d.arch(arch));
+        }
+        Ok(Decision::new(
+            Verdict::Emulated,
+            &path,
+            format!("{path} is a {arch_s} binary on a {} node; it runs only because binfmt_misc handler {} emulates it with {}", self.node(), h.name, h.interpreter),
+            format!("Publish a multi-arch image that includes {}: emulation is slow and fails on any node without the {} handler.", self.node(), h.name),
+        )
+        .arch(arch))
+    }
+
+    fn script(
+        &mut self,
+        idx: usize,
+        path: &str,
+        head: &[u8],
+        rewrites: usize,
+    ) -> Result<Decision, InspectError> {
+        let (interp, arg) = match script::parse(head) {
+            Some(Shebang::Interpreter { interpreter, arg }) => (interpreter, arg),
+            Some(Shebang::Rejected { reason }) => {
+                self.chain[idx].what = "script with an unusable #! line".into();
+                return Ok(Decision::new(
+                    Verdict::ScriptNoShebang,
+                    path,
+                    format!("the #! line of {path} gives the kernel no interpreter: {reason}"),
+                    format!("Fix the first line of {path} to name an interpreter, e.g. #!/bin/sh."),
+                ));
+            }
+            None => unreachable_shebang(),
+        };
+        self.chain[idx].what = match &arg {
+            Some(a) => format!("script (#!{interp} {a})"),
+            None => format!("script (#!{interp})"),
+        };
+        if rewrites >= MAX_REWRITES {
+            return Ok(Decision::new(
+                Verdict::SymlinkLoop,
+                path,
+                format!("{path} is interpreter number {} in a chain of scripts; the kernel gives up after {MAX_REWRITES}", rewrites + 1),
+                "Shorten the chain of #! interpreters (point the #! line at a binary).".into(),
+            ));
+        }
+        let crlf_fix = format!("Convert {path} to LF line endings (dos2unix, or .gitattributes '*.sh text eol=lf') and rebuild the image.");
+        let resolved = self.root.resolve(&interp, self.req.cwd)?;
+        let (entry, hops) = match resolved {
+            Resolved::Found { entry, hops } => (entry, hops),
+            other => {
+                let hops = match other {
+                    Resolved::NotFound { hops, .. }
+                    | Resolved::NotADirectory { hops, .. }
+                    | Resolved::Loop { hops } => hops,
+                    Resolved::Found { hops, .. } => hops,
+                };
+                self.push(Role::Interpreter, &interp, None, hops, "missing".into());
+                if let Some(stripped) = interp.strip_suffix('\r') {
+                    return Ok(Decision::new(
+                        Verdict::ScriptCrlf,
+                        path,
+                        format!("{path} has Windows (CRLF) line endings: the kernel looks for the interpreter \"{stripped}\\r\", which does not exist"),
+                        crlf_fix,
+                    ));
+                }
+                return Ok(Decision::new(
+                    Verdict::ScriptInterpreterMissing,
+                    path,
+                    format!("{path} starts with #!{interp}, and {interp} does not exist in the image"),
+                    format!("Install {interp} in the image, or change the #! line of {path} to an interpreter the image has (e.g. #!/bin/sh)."),
+                ));
+            }
+        };
+        let d = self.exec(Role::Interpreter, &interp, entry, hops, rewrites + 1)?;
+        if !d.verdict.will_exec() {
+            return Ok(d);
+        }
+        if let Some(a) = &arg {
+            if a.ends_with('\r') {
+                return Ok(Decision {
+                    verdict: Verdict::ScriptCrlf,
+                    cause: format!("{path} has Windows (CRLF) line endings: {interp} receives the argument \"{}\\r\" and fails", a.trim_end_matches('\r')),
+                    fix: crlf_fix,
+                    ..d
+                });
+            }
+            if interp.rsplit('/').next() == Some("env") {
+                if let Some(d2) = self.env_target(path, a, rewrites)? {
+                    return Ok(d2);
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    /// `#!/usr/bin/env NAME`: env looks NAME up in PATH and execs it.
+    fn env_target(
+        &mut self,
+        path: &str,
+        arg: &str,
+        rewrites: usize,
+    ) -> Result<Option<Decision>, InspectError> {
+        let name = if let Some(rest) = arg.strip_prefix("-S") {
+            match rest.split_whitespace().next() {
+                Some(n) => n.to_string(),
+                None => return Ok(None),
+            }
+        } else if arg.starts_with('-') {
+            return Ok(None);
+        } else if arg.contains([' ', '\t']) {
+            self.push(Role::EnvTarget, arg, None, Vec::new(), "missing".into());
+            return Ok(Some(Decision::new(
+                Verdict::ScriptInterpreterMissing,
+                path,
+                format!("the kernel passes \"{arg}\" to env as one word, so env looks for a program with that whole name"),
+                format!("Use '#!/usr/bin/env -S {arg}' or call the interpreter by its full path in {path}."),
+            )));
+        } else {
+            arg.to_string()
+        };
+        let lookup = self
+            .root
+            .lookup_exec(&name, self.req.path_env, self.req.cwd)?;
+        match lookup.resolved {
+            Resolved::Found { entry, hops } if !lookup.path_exhausted => self
+                .exec(Role::EnvTarget, &name, entry, hops, rewrites + 1)
+                .map(Some),
+            Resolved::Found { hops, .. }
+            | Resolved::NotFound { hops, .. }
+            | Resolved::NotADirectory { hops, .. }
+            | Resolved::Loop { hops } => {
+                self.push(Role::EnvTarget, &name, None, hops, "missing".into());
+                let path_list = self.req.path_env.unwrap_or(rootfs::DEFAULT_PATH);
+                Ok(Some(Decision::new(
+                    Verdict::ScriptInterpreterMissing,
+                    path,
+                    format!("{path} runs '#!/usr/bin/env {name}', and no executable {name} is in PATH={path_list} in the image"),
+                    format!("Install {name} in the image or change the #! line of {path}."),
+                )))
+            }
+        }
+    }
+
+    fn elf(
+        &mut self,
+        role: Role,
+        requested: &str,
+        path: &str,
+        hops: Vec<Hop>,
+        src: &FileSource,
+    ) -> Result<Decision, InspectError> {
+        let parsed = elf::parse(src).map_err(|source| InspectError::Read {
+            path: path.to_string(),
+            source,
+        })?;
+        let info = match parsed {
+            Parsed::Truncated(why) => {
+                self.push(role, requested, Some(path.to_string()), hops, why.clone());
+                return Ok(Decision::new(
+                    Verdict::UnknownFormat,
+                    path,
+                    format!("{path} starts like an ELF binary but is not one the kernel can load: {why}"),
+                    format!("Rebuild {path}: the file is damaged or cut short (an interrupted download or COPY?)."),
+                ));
+            }
+            Parsed::Elf(i) => *i,
+        };
+        let idx = self.push(
+            role,
+            requested,
+            Some(path.to_string()),
+            hops,
+            info.describe(),
+        );
+        self.chain[idx].elf = Some(info.clone());
+        let arch = Some(info.arch);
+        if info.osabi != 0 && info.osabi != 3 {
+            self.findings.push(Finding {
+                code: "foreign_osabi",
+                detail: format!("{path} is marked for OS ABI {} (not Linux/System V); it may load and then crash", info.osabi),
+            });
+        }
+        match self.ctx.node.nativity(info.arch) {
+            Nativity::Foreign => {
+                let node = self.ctx.node.arch;
+                let cause = if self.ctx.node.nativity(info.arch) == Nativity::Foreign
+                    && matches!(
+                        (node, info.arch),
+                        (Arch::Amd64, Arch::I386) | (Arch::Arm64, Arch::Arm(_))
+                    ) {
+                    format!("{path} is a 32-bit {} binary and this node's kernel cannot run 32-bit binaries", info.arch)
+                } else {
+                    format!(
+                        "{path} is a linux/{} binary and this node is {}; no binfmt_misc handler takes it",
+                        info.arch,
+                        self.node()
+                    )
+                };
+                return Ok(Decision::new(
+                    Verdict::ArchMismatch,
+                    path,
+                    cause,
+                    format!(
+                        "Publish a multi-arch image that includes {} (docker buildx build --platform linux/amd64,linux/arm64 ...), or schedule the pod on {} nodes (nodeSelector kubernetes.io/arch: {}).",
+                        self.node(),
+                        info.arch.uname(),
+                        info.arch.oci_architecture()
+                    ),
+                )
+                .arch(arch));
+            }
+            Nativity::Compat32 => self.findings.push(Finding {
+                code: "compat_32bit",
+                detail: format!(
+                    "{path} is a 32-bit {} binary running through the {} kernel's compat layer",
+                    info.arch, self.ctx.node.arch
+                ),
+            }),
+            Nativity::Native => {}
+        }
+        if let Some(why) = &info.malformed {
+            return Ok(Decision::new(
+                Verdict::UnknownFormat,
+                path,
+                format!(
+                    "{path} is a {} ELF file the kernel refuses to load: {why}",
+                    info.arch
+                ),
+                format!("Rebuild {path} as a Linux executable for {}.", self.node()),
+            )
+            .arch(arch));
+        }
+        if let Some(d) = self.loader(path, Some(&info))? {
+            return Ok(d.arch(arch));
+        }
+        Ok(Decision::new(
+            Verdict::Ok,
+            path,
+            format!(
+                "{path} is a {} that runs natively on this {} node",
+                info.describe(),
+                self.node()
+            ),
+            "Nothing to fix.".into(),
+        )
+        .arch(arch))
+    }
+
+    /// Checks PT_INTERP in the same root; `None` when the loader is fine or not needed.
+    fn loader(
+        &mut self,
+        path: &str,
+        info: Option<&ElfInfo>,
+    ) -> Result<Option<Decision>, InspectError> {
+        let Some(info) = info else { return Ok(None) };
+        let Some(interp) = info.interp.clone() else {
+            return Ok(None);
+        };
+        let libc = info.libc.unwrap_or(Libc::Other);
+        match self.root.resolve(&interp, self.req.cwd)? {
+            Resolved::Found { entry, hops } => {
+                if entry.kind != FileKind::Regular || entry.mode & 0o111 == 0 {
+                    let what = if entry.kind == FileKind::Regular {
+                        "a file without the execute bit".to_string()
+                    } else {
+                        format!("a {}", kind_name(entry.kind))
+                    };
+                    self.push(
+                        Role::Loader,
+                        &interp,
+                        Some(entry.path.clone()),
+                        hops,
+                        what.clone(),
+                    );
+                    let v = if entry.kind == FileKind::Regular {
+                        Verdict::NotExecutable
+                    } else {
+                        Verdict::NotARegularFile
+                    };
+                    return Ok(Some(Decision::new(
+                        v,
+                        path,
+                        format!("the dynamic loader {interp} of {path} is {what}"),
+                        format!(
+                            "Repair {interp} in the image (reinstall the {} package).",
+                            libc.name()
+                        ),
+                    )));
+                }
+                let file = self.root.open_regular(&entry)?;
+                let src = FileSource::new(file, entry.size);
+                let parsed = elf::parse(&src);
+                self.bytes += src.bytes_read();
+                let parsed = parsed.map_err(|source| InspectError::Read {
+                    path: entry.path.clone(),
+                    source,
+                })?;
+                match parsed {
+                    Parsed::Elf(l) if same_arch(l.arch, info.arch) => {
+                        self.push(Role::Loader, &interp, Some(entry.path), hops, l.describe());
+                        Ok(None)
+                    }
+                    Parsed::Elf(l) => {
+                        self.push(Role::Loader, &interp, Some(entry.path), hops, l.describe());
+                        Ok(Some(Decision::new(
+                            Verdict::ArchMismatch,
+                            path,
+                            format!("{path} is {} but its loader {interp} in the image is {}: the image mixes architectures", info.arch, l.arch),
+                            format!("Rebuild the image from one platform's base and binaries ({}).", self.node()),
+                        )))
+                    }
+                    Parsed::Truncated(why) => {
+                        self.push(Role::Loader, &interp, Some(entry.path), hops, why.clone());
+                        Ok(Some(Decision::new(
+                            Verdict::MissingLoader,
+                            path,
+                            format!("the dynamic loader {interp} of {path} is not a loadable ELF file ({why})"),
+                            format!("Repair {interp} in the image (reinstall the {} package).", libc.name()),
+                        )))
+                    }
+                }
+            }
+            other => {
+                let hops = match other {
+                    Resolved::Found { hops, .. }
+                    | Resolved::NotFound { hops, .. }
+                    | Resolved::NotADirectory { hops, .. }
+                    | Resolved::Loop { hops } => hops,
+                };
+                self.push(Role::Loader, &interp, None, hops, "missing".into());
+                let other_libc = self.other_libc(info)?;
+                let cause = match (libc, &other_libc) {
+                    (Libc::Glibc | Libc::Musl, Some((other, loader))) => format!(
+                        "{path} is a {} binary linked against {} (loader {interp}), but the image ships {} (loader {loader}) instead",
+                        info.arch, libc.name(), other.name()
+                    ),
+                    _ => format!("{path} is a dynamically linked {} binary and its loader {interp} does not exist in the image", info.arch),
+                };
+                let fix = match (libc, other_libc) {
+                    (Libc::Glibc, Some(_)) => "Build the binary for musl or statically (CGO_ENABLED=0 for Go, target *-linux-musl for Rust), or use a glibc base image (Debian, Ubuntu, distroless) instead of Alpine.".to_string(),
+                    (Libc::Musl, Some(_)) => "Build the binary for glibc or statically, or use a musl base image (Alpine) for it.".to_string(),
+                    _ => format!("Add the {} runtime (which provides {interp}) to the image, or link the binary statically.", libc.name()),
+                };
+                Ok(Some(Decision::new(
+                    Verdict::MissingLoader,
+                    path,
+                    cause,
+                    fix,
+                )))
+            }
+        }
+    }
+
+    /// When the loader is missing: is the *other* libc's loader for this arch there?
+    fn other_libc(&self, info: &ElfInfo) -> Result<Option<(Libc, String)>, InspectError> {
+        let candidates: Vec<(Libc, String)> = match info.libc {
+            Some(Libc::Glibc) => musl_loader(info.arch)
+                .map(|l| (Libc::Musl, l))
+                .into_iter()
+                .collect(),
+            Some(Libc::Musl) => glibc_loaders(info.arch)
+                .iter()
+                .map(|l| (Libc::Glibc, (*l).to_string()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (libc, loader) in candidates {
+            if let Resolved::Found { entry, .. } = self.root.resolve(&loader, "/")? {
+                if entry.kind == FileKind::Regular {
+                    return Ok(Some((libc, loader)));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn unreachable_shebang() -> (String, Option<String>) {
+    // script() is only called on heads that start with "#!", for which parse() is Some.
+    (String::new(), None)
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Argv0 => "the entrypoint",
+        Role::Interpreter => "the #! interpreter",
+        Role::EnvTarget => "the program env runs",
+        Role::Loader => "the dynamic loader",
+        Role::Emulator => "the emulator",
+    }
+}
+
+fn role_target(role: Role) -> &'static str {
+    match role {
+        Role::Argv0 | Role::EnvTarget => "entrypoint or command",
+        Role::Interpreter => "#! line",
+        Role::Loader => "binary's loader",
+        Role::Emulator => "binfmt_misc handler",
+    }
+}
+
+fn absolute(path: &str, cwd: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!(
+            "{}/{}",
+            cwd.trim_end_matches('/'),
+            path.trim_start_matches("./")
+        )
+    }
+}
+
+/// musl's loader name for an arch (`/lib/ld-musl-<arch>.so.1`).
+fn musl_loader(arch: Arch) -> Option<String> {
+    let a = match arch {
+        Arch::Amd64 => "x86_64",
+        Arch::I386 => "i386",
+        Arch::Arm64 => "aarch64",
+        Arch::Arm(_) => "armhf",
+        Arch::Ppc64le => "powerpc64le",
+        Arch::Ppc64 => "powerpc64",
+        Arch::S390x => "s390x",
+        Arch::Riscv64 => "riscv64",
+        Arch::Mips64le => "mips64el",
+        Arch::Mips64 => "mips64",
+        Arch::Loong64 => "loongarch64",
+        _ => return None,
+    };
+    Some(format!("/lib/ld-musl-{a}.so.1"))
+}
+
+/// glibc's loader names for an arch.
+fn glibc_loaders(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::Amd64 => &[
+            "/lib64/ld-linux-x86-64.so.2",
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        ],
+        Arch::I386 => &["/lib/ld-linux.so.2"],
+        Arch::Arm64 => &["/lib/ld-linux-aarch64.so.1"],
+        Arch::Arm(_) => &["/lib/ld-linux-armhf.so.3", "/lib/ld-linux.so.3"],
+        Arch::Ppc64le | Arch::Ppc64 => &["/lib64/ld64.so.2", "/lib64/ld64.so.1"],
+        Arch::S390x => &["/lib/ld64.so.1"],
+        Arch::Riscv64 => &["/lib/ld-linux-riscv64-lp64d.so.1"],
+        Arch::Mips64le | Arch::Mips64 => &["/lib64/ld.so.1"],
+        Arch::Loong64 => &["/lib64/ld-linux-loongarch-lp64d.so.1"],
+        _ => &[],
+    }
+}
+
+/// Names formats Linux cannot exec, from their magic.
+pub fn format_name(head: &[u8]) -> String {
+    let m4 = |m: &[u8]| head.starts_with(m);
+    if m4(b"\xfe\xed\xfa\xce") || m4(b"\xce\xfa\xed\xfe") {
+        "a 32-bit Mach-O (macOS) binary".into()
+    } else if m4(b"\xfe\xed\xfa\xcf") || m4(b"\xcf\xfa\xed\xfe") {
+        "a 64-bit Mach-O (macOS) binary".into()
+    } else if m4(b"\xca\xfe\xba\xbe") {
+        "a universal Mach-O (macOS) binary or a Java class file".into()
+    } else if m4(b"MZ") {
+        "a Windows PE executable".into()
+    } else if m4(b"\0asm") {
+        "a WebAssembly module".into()
+    } else if m4(b"\x1f\x8b") {
+        "gzip-compressed data".into()
+    } else if m4(b"PK\x03\x04") {
+        "a zip archive (a .jar?)".into()
+    } else if m4(b"!<arch>\n") {
+        "a static library archive".into()
+    } else if m4(b"\x7fELF") {
+        "a truncated ELF file".into()
+    } else {
+        let hex: Vec<String> = head.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        format!(
+            "data of no known executable format (starts {})",
+            hex.join(" ")
+        )
+    }
+}
