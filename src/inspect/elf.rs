@@ -359,7 +359,7 @@ fn cpu_arch_in(attrs: &[u8]) -> Option<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A minimal ELF header + one PT_INTERP program header, for crafted-arch tests.

@@ -13,6 +13,9 @@ pub mod script;
 pub mod source;
 pub mod verdict;
 
+#[cfg(test)]
+mod tests;
+
 use serde::Serialize;
 
 use crate::binfmt::{self, Table};

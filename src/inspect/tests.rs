@@ -1,0 +1,742 @@
+//! Table tests of the whole walk over crafted roots (real binaries are covered by the
+//! integration suite, which also proves each verdict against a real runtime).
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+
+use super::elf::tests::craft;
+use super::*;
+use crate::binfmt::{Handler, Rule};
+use crate::platform::Node;
+
+const EM_X86_64: u16 = 62;
+const EM_AARCH64: u16 = 183;
+const EM_386: u16 = 3;
+
+fn amd64(interp: Option<&str>) -> Vec<u8> {
+    craft(EM_X86_64, true, true, interp)
+}
+fn arm64(interp: Option<&str>) -> Vec<u8> {
+    craft(EM_AARCH64, true, true, interp)
+}
+
+enum F<'a> {
+    File(&'a str, Vec<u8>, u32),
+    Link(&'a str, &'a str),
+    Dir(&'a str),
+    Fifo(&'a str),
+}
+
+fn build(root: &Path, files: &[F]) {
+    for f in files {
+        let p = |rel: &str| root.join(rel.trim_start_matches('/'));
+        match f {
+            F::File(rel, bytes, mode) => {
+                let path = p(rel);
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                fs::write(&path, bytes).unwrap();
+                fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).unwrap();
+            }
+            F::Link(rel, target) => {
+                let path = p(rel);
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                symlink(target, &path).unwrap();
+            }
+            F::Dir(rel) => fs::create_dir_all(p(rel)).unwrap(),
+            F::Fifo(rel) => {
+                let path = p(rel);
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &path,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o755),
+                    0,
+                )
+                .unwrap();
+            }
+        }
+    }
+}
+
+fn aarch64_handler(flags: &str) -> Handler {
+    Handler {
+        name: "qemu-aarch64".into(),
+        enabled: true,
+        interpreter: "/usr/libexec/qemu-binfmt/aarch64-binfmt-P".into(),
+        flags: flags.into(),
+        rule: Rule::Magic {
+            offset: 0,
+            magic: hex::decode("7f454c460201010000000000000000000200b700").unwrap(),
+            mask: hex::decode("ffffffffffffff00fffffffffffffffffeffffff").unwrap(),
+        },
+        arch: Some(Arch::Arm64),
+    }
+}
+
+struct Case<'a> {
+    name: &'a str,
+    files: Vec<F<'a>>,
+    argv: &'a [&'a str],
+    path_env: Option<&'a str>,
+    node: Node,
+    binfmt: Table,
+    want: Verdict,
+    /// Words the cause must contain.
+    cause_has: &'a [&'a str],
+    binary_arch: Option<Arch>,
+}
+
+fn run(c: &Case) -> Inspection {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), &c.files);
+    let root = Rootfs::new(vec![dir.path().to_path_buf()]).unwrap();
+    let argv: Vec<String> = c.argv.iter().map(|s| s.to_string()).collect();
+    let req = Request {
+        argv: &argv,
+        path_env: c.path_env,
+        cwd: "/",
+        claimed_arch: None,
+    };
+    inspect(
+        &root,
+        &req,
+        Context {
+            node: &c.node,
+            binfmt: &c.binfmt,
+        },
+    )
+    .unwrap()
+}
+
+fn node() -> Node {
+    Node::with_arch(Arch::Amd64)
+}
+
+#[test]
+fn verdicts_over_crafted_roots() {
+    let sh = || F::File("/bin/sh", amd64(None), 0o755);
+    let mut one_handler = Table::empty();
+    one_handler.handlers.push(aarch64_handler("OCF"));
+    let mut no_f = Table::empty();
+    no_f.handlers.push(aarch64_handler("OC"));
+    let no_compat = Node {
+        arch: Arch::Amd64,
+        compat32: false,
+    };
+    let cases = vec![
+        Case {
+            name: "static native",
+            files: vec![F::File("/app", amd64(None), 0o755)],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::Ok,
+            cause_has: &["natively"],
+            binary_arch: Some(Arch::Amd64),
+        },
+        Case {
+            name: "arm64 on amd64",
+            files: vec![F::File("/app", arm64(None), 0o755)],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::ArchMismatch,
+            cause_has: &["arm64", "amd64"],
+            binary_arch: Some(Arch::Arm64),
+        },
+        Case {
+            name: "386 through compat",
+            files: vec![F::File("/app", craft(EM_386, false, true, None), 0o755)],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::Ok,
+            cause_has: &[],
+            binary_arch: Some(Arch::I386),
+        },
+        Case {
+            name: "386 without compat",
+            files: vec![F::File("/app", craft(EM_386, false, true, None), 0o755)],
+            argv: &["/app"],
+            path_env: None,
+            node: no_compat,
+            binfmt: Table::empty(),
+            want: Verdict::ArchMismatch,
+            cause_has: &["32-bit"],
+            binary_arch: Some(Arch::I386),
+        },
+        Case {
+            name: "glibc binary on musl image",
+            files: vec![
+                F::File("/app", amd64(Some("/lib64/ld-linux-x86-64.so.2")), 0o755),
+                F::File("/lib/ld-musl-x86_64.so.1", amd64(None), 0o755),
+            ],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::MissingLoader,
+            cause_has: &["glibc", "musl"],
+            binary_arch: Some(Arch::Amd64),
+        },
+        Case {
+            name: "musl binary on glibc image",
+            files: vec![
+                F::File("/app", amd64(Some("/lib/ld-musl-x86_64.so.1")), 0o755),
+                F::File("/lib64/ld-linux-x86-64.so.2", amd64(None), 0o755),
+            ],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::MissingLoader,
+            cause_has: &["musl", "glibc"],
+            binary_arch: Some(Arch::Amd64),
+        },
+        Case {
+            name: "loader absent, no libc at all",
+            files: vec![F::File(
+                "/app",
+                amd64(Some("/lib64/ld-linux-x86-64.so.2")),
+                0o755,
+            )],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::MissingLoader,
+            cause_has: &["/lib64/ld-linux-x86-64.so.2"],
+            binary_arch: Some(Arch::Amd64),
+        },
+        Case {
+            name: "loader present through symlink",
+            files: vec![
+                F::File("/app", amd64(Some("/lib64/ld-linux-x86-64.so.2")), 0o755),
+                F::File(
+                    "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+                    amd64(None),
+                    0o755,
+                ),
+                F::Link(
+                    "/lib64/ld-linux-x86-64.so.2",
+                    "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+                ),
+            ],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::Ok,
+            cause_has: &[],
+            binary_arch: Some(Arch::Amd64),
+        },
+        Case {
+            name: "loader of another arch",
+            files: vec![
+                F::File("/app", amd64(Some("/lib64/ld-linux-x86-64.so.2")), 0o755),
+                F::File("/lib64/ld-linux-x86-64.so.2", arm64(None), 0o755),
+            ],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::ArchMismatch,
+            cause_has: &["mixes"],
+            binary_arch: Some(Arch::Amd64),
+        },
+        Case {
+            name: "crlf shebang",
+            files: vec![
+                sh(),
+                F::File("/run.sh", b"#!/bin/sh\r\necho hi\r\n".to_vec(), 0o755),
+            ],
+            argv: &["/run.sh"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::ScriptCrlf,
+            cause_has: &["CRLF"],
+            binary_arch: None,
+        },
+        Case {
+            name: "crlf in env argument",
+            files: vec![
+                sh(),
+                F::File("/usr/bin/env", amd64(None), 0o755),
+                F::File("/run.sh", b"#!/usr/bin/env sh\r\n".to_vec(), 0o755),
+            ],
+            argv: &["/run.sh"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::ScriptCrlf,
+            cause_has: &["CRLF"],
+            binary_arch: Some(Arch::Amd64),
+        },
+        Case {
+            name: "interpreter missing",
+            files: vec![F::File(
+                "/run.py",
+                b"#!/usr/bin/python3\nprint(1)\n".to_vec(),
+                0o755,
+            )],
+            argv: &["/run.py"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::ScriptInterpreterMissing,
+            cause_has: &["/usr/bin/python3"],
+            binary_arch: None,
+        },
+        Case {
+            name: "env target missing",
+            files: vec![
+                F::File("/usr/bin/env", amd64(None), 0o755),
+                F::File("/run.py", b"#!/usr/bin/env python3\n".to_vec(), 0o755),
+            ],
+            argv: &["/run.py"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::ScriptInterpreterMissing,
+            cause_has: &["python3"],
+            binary_arch: None,
+        },
+        Case {
+            name: "env target present",
+            files: vec![
+                F::File("/usr/bin/env", amd64(None), 0o755),
+                F::File("/usr/local/bin/python3", amd64(None), 0o755),
+                F::File("/run.py", b"#!/usr/bin/env python3\n".to_vec(), 0o755),
+            ],
+            argv: &["/run.py"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::Ok,
+            cause_has: &[],
+            binary_arch: Some(Arch::Amd64),
+        },
+        Case {
+            name: "env with two words",
+            files: vec![
+                F::File("/usr/bin/env", amd64(None), 0o755),
+                F::File("/usr/bin/python3", amd64(None), 0o755),
+                F::File("/run.py", b"#!/usr/bin/env python3 -u\n".to_vec(), 0o755),
+            ],
+            argv: &["/run.py"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::ScriptInterpreterMissing,
+            cause_has: &["one word"],
+            binary_arch: None,
+        },
+        Case {
+            name: "script on foreign interpreter",
+            files: vec![
+                F::File("/bin/sh", arm64(None), 0o755),
+                F::File("/run.sh", b"#!/bin/sh\n".to_vec(), 0o755),
+            ],
+            argv: &["/run.sh"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::ArchMismatch,
+            cause_has: &["arm64"],
+            binary_arch: Some(Arch::Arm64),
+        },
+        Case {
+            name: "text without shebang",
+            files: vec![F::File("/run.sh", b"echo hello\n".to_vec(), 0o755)],
+            argv: &["/run.sh"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::ScriptNoShebang,
+            cause_has: &["#!"],
+            binary_arch: None,
+        },
+        Case {
+            name: "bom before shebang",
+            files: vec![
+                sh(),
+                F::File("/run.sh", b"\xef\xbb\xbf#!/bin/sh\necho\n".to_vec(), 0o755),
+            ],
+            argv: &["/run.sh"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::ScriptNoShebang,
+            cause_has: &["byte order mark"],
+            binary_arch: None,
+        },
+        Case {
+            name: "over-long shebang",
+            files: vec![F::File(
+                "/run.sh",
+                format!("#!/{}\n", "x".repeat(297)).into_bytes(),
+                0o755,
+            )],
+            argv: &["/run.sh"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::ScriptNoShebang,
+            cause_has: &["256"],
+            binary_arch: None,
+        },
+        Case {
+            name: "no execute bit",
+            files: vec![F::File("/app", amd64(None), 0o644)],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::NotExecutable,
+            cause_has: &["0644"],
+            binary_arch: None,
+        },
+        Case {
+            name: "absolute path missing",
+            files: vec![sh()],
+            argv: &["/nope"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::NotFound,
+            cause_has: &["/nope"],
+            binary_arch: None,
+        },
+        Case {
+            name: "bare name not in PATH",
+            files: vec![sh()],
+            argv: &["app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::NotFound,
+            cause_has: &["PATH"],
+            binary_arch: None,
+        },
+        Case {
+            name: "bare name found in PATH",
+            files: vec![F::File("/opt/bin/app", amd64(None), 0o755)],
+            argv: &["app"],
+            path_env: Some("/usr/bin:/opt/bin"),
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::Ok,
+            cause_has: &[],
+            binary_arch: Some(Arch::Amd64),
+        },
+        Case {
+            name: "bare name only non-executable",
+            files: vec![F::File("/usr/bin/app", amd64(None), 0o644)],
+            argv: &["app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::NotFound,
+            cause_has: &["not executable"],
+            binary_arch: None,
+        },
+        Case {
+            name: "symlink loop",
+            files: vec![F::Link("/a", "/b"), F::Link("/b", "/a")],
+            argv: &["/a"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::SymlinkLoop,
+            cause_has: &["symlinks"],
+            binary_arch: None,
+        },
+        Case {
+            name: "directory",
+            files: vec![F::Dir("/app")],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::NotARegularFile,
+            cause_has: &["directory"],
+            binary_arch: None,
+        },
+        Case {
+            name: "fifo",
+            files: vec![F::Fifo("/app")],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::NotARegularFile,
+            cause_has: &["FIFO"],
+            binary_arch: None,
+        },
+        Case {
+            name: "mach-o",
+            files: vec![F::File(
+                "/app",
+                b"\xcf\xfa\xed\xfe\x0c\x00\x00\x01".to_vec(),
+                0o755,
+            )],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::UnknownFormat,
+            cause_has: &["Mach-O"],
+            binary_arch: None,
+        },
+        Case {
+            name: "windows pe",
+            files: vec![F::File(
+                "/app.exe",
+                b"MZ\x90\x00\x03\x00\x00\x00".to_vec(),
+                0o755,
+            )],
+            argv: &["/app.exe"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::UnknownFormat,
+            cause_has: &["Windows"],
+            binary_arch: None,
+        },
+        Case {
+            name: "empty file",
+            files: vec![F::File("/app", Vec::new(), 0o755)],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::UnknownFormat,
+            cause_has: &["empty"],
+            binary_arch: None,
+        },
+        Case {
+            name: "truncated elf",
+            files: vec![F::File("/app", amd64(None)[..20].to_vec(), 0o755)],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want: Verdict::UnknownFormat,
+            cause_has: &["truncated"],
+            binary_arch: None,
+        },
+        Case {
+            name: "emulated with F",
+            files: vec![F::File("/app", arm64(None), 0o755)],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: one_handler.clone(),
+            want: Verdict::Emulated,
+            cause_has: &["qemu-aarch64"],
+            binary_arch: Some(Arch::Arm64),
+        },
+        Case {
+            name: "emulator missing without F",
+            files: vec![F::File("/app", arm64(None), 0o755)],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: no_f.clone(),
+            want: Verdict::EmulatorMissing,
+            cause_has: &["F flag"],
+            binary_arch: Some(Arch::Arm64),
+        },
+        Case {
+            name: "emulator inside the container",
+            files: vec![
+                F::File("/app", arm64(None), 0o755),
+                F::File(
+                    "/usr/libexec/qemu-binfmt/aarch64-binfmt-P",
+                    amd64(None),
+                    0o755,
+                ),
+            ],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: no_f,
+            want: Verdict::Emulated,
+            cause_has: &[],
+            binary_arch: Some(Arch::Arm64),
+        },
+        Case {
+            name: "emulated but loader missing",
+            files: vec![F::File(
+                "/app",
+                arm64(Some("/lib/ld-linux-aarch64.so.1")),
+                0o755,
+            )],
+            argv: &["/app"],
+            path_env: None,
+            node: node(),
+            binfmt: one_handler,
+            want: Verdict::MissingLoader,
+            cause_has: &["/lib/ld-linux-aarch64.so.1"],
+            binary_arch: Some(Arch::Arm64),
+        },
+    ];
+    for c in &cases {
+        let got = run(c);
+        assert_eq!(got.verdict, c.want, "{}: {:#?}", c.name, got);
+        for w in c.cause_has {
+            assert!(
+                got.cause.contains(w),
+                "{}: cause {:?} lacks {w:?}",
+                c.name,
+                got.cause
+            );
+        }
+        assert_eq!(got.binary_arch, c.binary_arch, "{}", c.name);
+        assert!(!got.fix.is_empty(), "{}", c.name);
+        assert!(!got.chain.is_empty(), "{}", c.name);
+        assert!(
+            got.bytes_read <= 16 * 1024,
+            "{}: read {} bytes",
+            c.name,
+            got.bytes_read
+        );
+    }
+}
+
+#[test]
+fn interpreter_chains_stop_where_the_kernel_does() {
+    // Five rewrites are allowed; a sixth fails with ELOOP.
+    for (scripts, want) in [(5, Verdict::Ok), (6, Verdict::SymlinkLoop)] {
+        let mut files = vec![F::File("/bin/real", amd64(None), 0o755)];
+        let names: Vec<String> = (0..scripts).map(|i| format!("/s{i}")).collect();
+        for i in 0..scripts {
+            let next = if i + 1 < scripts {
+                names[i + 1].clone()
+            } else {
+                "/bin/real".into()
+            };
+            files.push(F::File(
+                &names[i],
+                format!("#!{next}\n").into_bytes(),
+                0o755,
+            ));
+        }
+        let c = Case {
+            name: "chain",
+            files,
+            argv: &["/s0"],
+            path_env: None,
+            node: node(),
+            binfmt: Table::empty(),
+            want,
+            cause_has: &[],
+            binary_arch: None,
+        };
+        assert_eq!(run(&c).verdict, want, "{scripts} scripts");
+    }
+}
+
+#[test]
+fn config_that_lies_is_a_finding_beside_the_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), &[F::File("/app", arm64(None), 0o755)]);
+    let root = Rootfs::new(vec![dir.path().to_path_buf()]).unwrap();
+    let argv = vec!["/app".to_string()];
+    let req = Request {
+        argv: &argv,
+        path_env: None,
+        cwd: "/",
+        claimed_arch: Some(Arch::Amd64),
+    };
+    let n = node();
+    let t = Table::empty();
+    let got = inspect(
+        &root,
+        &req,
+        Context {
+            node: &n,
+            binfmt: &t,
+        },
+    )
+    .unwrap();
+    assert_eq!(got.verdict, Verdict::ArchMismatch);
+    assert_eq!(
+        got.findings.iter().map(|f| f.code).collect::<Vec<_>>(),
+        vec!["config_arch_mismatch"]
+    );
+}
+
+#[test]
+fn a_symlink_aimed_at_a_host_file_never_reads_it() {
+    let outside = tempfile::tempdir().unwrap();
+    let canary = outside.path().join("canary");
+    fs::write(&canary, b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(&canary, fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let up = "../".repeat(20);
+    let target = format!(
+        "{up}{}",
+        canary.display().to_string().trim_start_matches('/')
+    );
+    build(
+        dir.path(),
+        &[
+            F::Link("/app", &target),
+            F::Link("/abs", canary.to_str().unwrap()),
+        ],
+    );
+    let root = Rootfs::new(vec![dir.path().to_path_buf()]).unwrap();
+    for argv0 in ["/app", "/abs"] {
+        let argv = vec![argv0.to_string()];
+        let req = Request {
+            argv: &argv,
+            path_env: None,
+            cwd: "/",
+            claimed_arch: None,
+        };
+        let n = node();
+        let t = Table::empty();
+        let got = inspect(
+            &root,
+            &req,
+            Context {
+                node: &n,
+                binfmt: &t,
+            },
+        )
+        .unwrap();
+        assert_eq!(got.verdict, Verdict::NotFound, "{argv0}: {got:#?}");
+        assert_eq!(got.bytes_read, 0);
+    }
+}
+
+#[test]
+fn empty_argv_is_an_error_not_a_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Rootfs::new(vec![dir.path().to_path_buf()]).unwrap();
+    let req = Request {
+        argv: &[],
+        path_env: None,
+        cwd: "/",
+        claimed_arch: None,
+    };
+    let n = node();
+    let t = Table::empty();
+    let err = inspect(
+        &root,
+        &req,
+        Context {
+            node: &n,
+            binfmt: &t,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), "empty_argv");
+}
