@@ -1,5 +1,6 @@
 //! archwatch
 pub mod binfmt;
+pub mod diagnose;
 pub mod inspect;
 pub mod platform;
 pub mod report;

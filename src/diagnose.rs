@@ -1,0 +1,208 @@
+//! From an inspection and an exit to one `Diagnosis`: the single value that the log line,
+//! the counter, the journal line, the Kubernetes Event and the stream message are all made
+//! from, so they cannot disagree.
+//!
+//! Pure: no I/O, no clock reads (times come in with the inputs).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::inspect::{Finding, Inspection, Verdict};
+
+/// Who failed: from the containerd container record and its CRI labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// containerd namespace (`k8s.io`, `moby`, `default`).
+    pub containerd_namespace: String,
+    pub container_id: String,
+    /// `io.kubernetes.pod.name`
+    pub pod: Option<String>,
+    /// `io.kubernetes.pod.namespace`
+    pub pod_namespace: Option<String>,
+    /// `io.kubernetes.pod.uid`
+    pub pod_uid: Option<String>,
+    /// `io.kubernetes.container.name`
+    pub container: Option<String>,
+    /// Image reference as the container record names it.
+    pub image: String,
+    pub image_digest: Option<String>,
+}
+
+impl Identity {
+    /// The namespace an SRE filters on: the pod's, else containerd's.
+    pub fn namespace(&self) -> &str {
+        self.pod_namespace
+            .as_deref()
+            .unwrap_or(&self.containerd_namespace)
+    }
+}
+
+/// Which observation proved the failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// `/tasks/exit` of the init process with a non-zero status.
+    TaskExit,
+    /// The container was created but its task never was: runc refused it at create time
+    /// (its PATH lookup or stat of argv[0] failed), so no exit will ever come.
+    TaskNeverCreated,
+    /// Found at reconcile: the task had already stopped with a non-zero status.
+    StoppedBeforeWatch,
+}
+
+/// The exit side of a failure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Exit {
+    pub signal: Signal,
+    pub exit_code: Option<u32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub exited_at: Option<DateTime<Utc>>,
+}
+
+/// One diagnosed failure.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Diagnosis {
+    pub node: String,
+    #[serde(flatten)]
+    pub identity: Identity,
+    pub argv: Vec<String>,
+    pub verdict: Verdict,
+    /// Kubernetes Event reason for the verdict.
+    pub reason: &'static str,
+    pub symptom: &'static str,
+    pub cause: String,
+    pub fix: String,
+    pub binary_arch: Option<String>,
+    /// Closed-set metric label for `binary_arch` (`unknown` when no ELF decided the verdict).
+    #[serde(skip)]
+    pub binary_arch_label: &'static str,
+    pub node_arch: String,
+    pub signal: Signal,
+    pub exit_code: Option<u32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub exited_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<Finding>,
+}
+
+/// A failed start is an exec failure only when the files say argv[0] will not exec; the exit
+/// code alone proves nothing (runc 1.1 exits 1, runc 1.2 and later 255).
+pub fn diagnose(node: &str, who: &Identity, i: &Inspection, exit: &Exit) -> Option<Diagnosis> {
+    if i.verdict.will_exec() {
+        return None;
+    }
+    if exit.signal != Signal::TaskNeverCreated && exit.exit_code == Some(0) {
+        return None;
+    }
+    Some(Diagnosis {
+        node: node.to_string(),
+        identity: who.clone(),
+        argv: i.argv.clone(),
+        verdict: i.verdict,
+        reason: i.verdict.event_reason(),
+        symptom: i.verdict.symptom(),
+        cause: i.cause.clone(),
+        fix: i.fix.clone(),
+        binary_arch: i.binary_arch.map(|a| a.to_string()),
+        binary_arch_label: i.binary_arch.map(|a| a.label()).unwrap_or("unknown"),
+        node_arch: i.node_arch.to_string(),
+        signal: exit.signal,
+        exit_code: exit.exit_code,
+        started_at: exit.started_at,
+        exited_at: exit.exited_at,
+        findings: i.findings.clone(),
+    })
+}
+
+impl Diagnosis {
+    /// One sentence for logs and the CLI timeline.
+    pub fn headline(&self) -> String {
+        let who = match (
+            &self.identity.pod_namespace,
+            &self.identity.pod,
+            &self.identity.container,
+        ) {
+            (Some(ns), Some(p), Some(c)) => format!("{ns}/{p} container {c}"),
+            _ => format!("container {}", self.identity.container_id),
+        };
+        format!(
+            "{who} ({}): {} — {}",
+            self.identity.image, self.verdict, self.cause
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::Arch;
+
+    fn inspection(v: Verdict) -> Inspection {
+        Inspection {
+            verdict: v,
+            cause: "c".into(),
+            fix: "f".into(),
+            symptom: v.symptom(),
+            argv: vec!["/app".into()],
+            node_arch: Arch::Amd64,
+            binary_arch: Some(Arch::Arm64),
+            handler: None,
+            chain: Vec::new(),
+            findings: Vec::new(),
+            bytes_read: 0,
+        }
+    }
+
+    fn exit(signal: Signal, code: Option<u32>) -> Exit {
+        Exit {
+            signal,
+            exit_code: code,
+            started_at: None,
+            exited_at: None,
+        }
+    }
+
+    #[test]
+    fn only_failures_the_files_explain_are_diagnosed() {
+        let who = Identity {
+            pod: Some("p".into()),
+            pod_namespace: Some("team".into()),
+            container: Some("c".into()),
+            ..Default::default()
+        };
+        let cases = [
+            (Verdict::ArchMismatch, exit(Signal::TaskExit, Some(1)), true),
+            (
+                Verdict::ArchMismatch,
+                exit(Signal::TaskExit, Some(255)),
+                true,
+            ),
+            (
+                Verdict::ArchMismatch,
+                exit(Signal::TaskExit, Some(0)),
+                false,
+            ),
+            (Verdict::Ok, exit(Signal::TaskExit, Some(1)), false),
+            (Verdict::Emulated, exit(Signal::TaskExit, Some(139)), false),
+            (
+                Verdict::NotFound,
+                exit(Signal::TaskNeverCreated, None),
+                true,
+            ),
+            (
+                Verdict::ScriptCrlf,
+                exit(Signal::StoppedBeforeWatch, Some(127)),
+                true,
+            ),
+        ];
+        for (v, e, want) in cases {
+            let d = diagnose("node-1", &who, &inspection(v), &e);
+            assert_eq!(d.is_some(), want, "{v:?} {e:?}");
+            if let Some(d) = d {
+                assert_eq!(d.reason, v.event_reason());
+                assert_eq!(d.identity.namespace(), "team");
+                assert_eq!(d.binary_arch.as_deref(), Some("arm64"));
+            }
+        }
+    }
+}
