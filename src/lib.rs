@@ -5,3 +5,4 @@ pub mod inspect;
 pub mod platform;
 pub mod report;
 pub mod rootfs;
+pub mod sinks;

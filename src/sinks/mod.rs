@@ -1,0 +1,5 @@
+//! Where diagnoses go: metrics, the JSONL journal (and, next, Kubernetes Events and the gRPC
+//! stream). All are fed from the same `Diagnosis` value.
+
+pub mod journal;
+pub mod metrics;
