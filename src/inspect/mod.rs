@@ -981,3 +981,35 @@ pub fn format_name(head: &[u8]) -> String {
         )
     }
 }
+
+/// Runs every parser of image bytes over `data` as if it were argv[0]'s content: for fuzzing
+/// and for the byte-count benchmark. Returns the number of bytes the parsers asked for.
+pub fn inspect_bytes(data: &[u8]) -> u64 {
+    struct Counting<'a> {
+        data: &'a [u8],
+        read: std::cell::Cell<u64>,
+    }
+    impl source::Source for Counting<'_> {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.data.read_at(offset, buf)?;
+            self.read.set(self.read.get() + n as u64);
+            Ok(n)
+        }
+        fn len(&self) -> u64 {
+            self.data.len() as u64
+        }
+    }
+    let src = Counting {
+        data,
+        read: std::cell::Cell::new(0),
+    };
+    let head = &data[..data.len().min(binfmt::BINPRM_BUF_SIZE)];
+    let _ = script::parse(head);
+    let _ = script::bom_before_shebang(head);
+    let _ = script::looks_like_text(head);
+    let _ = format_name(head);
+    if let Ok(Parsed::Elf(info)) = elf::parse(&src) {
+        let _ = info.describe();
+    }
+    src.read.get()
+}
