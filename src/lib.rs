@@ -2,6 +2,7 @@
 pub mod binfmt;
 pub mod diagnose;
 pub mod inspect;
+pub mod pipeline;
 pub mod platform;
 pub mod report;
 pub mod rootfs;

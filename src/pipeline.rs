@@ -1,0 +1,428 @@
+//! The pipeline's state machine: joins what containerd says about containers and tasks
+//! with the verdicts of their files, and decides when a failure is diagnosed.
+//!
+//! Pure and synchronous (times come in with the calls) so it can be table-tested and
+//! replayed at full speed; the async shell in `agent` feeds it and runs inspections.
+//!
+//! Rules:
+//! - a `/tasks/exit` of the init process (exec id == container id) with a non-zero status
+//!   within `exit_window` of `/tasks/start`, for a container whose verdict will not exec, is
+//!   diagnosed once;
+//! - runc refuses some failures at create time (argv[0] missing, a directory, no execute bit):
+//!   no task is ever created. A container whose verdict will not exec and that gets no task
+//!   within `create_window`, or is deleted without one, is diagnosed from that silence;
+//! - an exit that arrives before the inspection finishes waits for it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::diagnose::{self, Diagnosis, Exit, Identity, Signal};
+use crate::inspect::Inspection;
+
+/// A container, by containerd namespace and id.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key {
+    pub namespace: String,
+    pub id: String,
+}
+
+/// What the container record says about the process to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
+    pub argv: Vec<String>,
+    pub path_env: Option<String>,
+    pub cwd: String,
+}
+
+impl Process {
+    /// Cache key for a verdict: same image content + same argv + same PATH/cwd = same answer.
+    pub fn cache_key(&self, content: &str) -> String {
+        format!(
+            "{content}\0{}\0{}\0{}",
+            self.argv.join("\u{1}"),
+            self.path_env.as_deref().unwrap_or(""),
+            self.cwd
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Verdict {
+    Pending,
+    Known(Arc<Inspection>),
+    /// Could not inspect: never diagnosed (we do not guess).
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Container {
+    who: Identity,
+    created_at: DateTime<Utc>,
+    verdict: Verdict,
+    task_created: bool,
+    started_at: Option<DateTime<Utc>>,
+    pending: Option<Exit>,
+    diagnosed: bool,
+}
+
+/// Timing rules.
+#[derive(Clone, Copy, Debug)]
+pub struct Windows {
+    /// An exit later than this after start is a crash, not an exec failure.
+    pub exit_window: Duration,
+    /// A failing container with no task after this long was refused at create time.
+    pub create_window: Duration,
+}
+
+impl Default for Windows {
+    fn default() -> Self {
+        Windows {
+            exit_window: Duration::seconds(10),
+            create_window: Duration::seconds(5),
+        }
+    }
+}
+
+/// Bounded verdict cache size.
+const CACHE_MAX: usize = 4096;
+
+pub struct Tracker {
+    node: String,
+    windows: Windows,
+    containers: HashMap<Key, Container>,
+    cache: HashMap<String, Arc<Inspection>>,
+}
+
+impl Tracker {
+    pub fn new(node: &str, windows: Windows) -> Tracker {
+        Tracker {
+            node: node.to_string(),
+            windows,
+            containers: HashMap::new(),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Containers currently tracked.
+    pub fn len(&self) -> usize {
+        self.containers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty()
+    }
+
+    pub fn knows(&self, key: &Key) -> bool {
+        self.containers.contains_key(key)
+    }
+
+    /// A verdict already computed for this content + process.
+    pub fn cached(&self, cache_key: &str) -> Option<Arc<Inspection>> {
+        self.cache.get(cache_key).cloned()
+    }
+
+    /// Starts tracking a container. Returns `true` when its files must be inspected (no
+    /// cached verdict); the caller then reports back with [`Tracker::inspected`].
+    pub fn container_created(
+        &mut self,
+        key: Key,
+        who: Identity,
+        cache_key: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        if self.containers.contains_key(&key) {
+            return false;
+        }
+        let cached = cache_key.and_then(|k| self.cache.get(k).cloned());
+        let need = cached.is_none();
+        self.containers.insert(
+            key,
+            Container {
+                who,
+                created_at: now,
+                verdict: cached.map_or(Verdict::Pending, Verdict::Known),
+                task_created: false,
+                started_at: None,
+                pending: None,
+                diagnosed: false,
+            },
+        );
+        need
+    }
+
+    /// The verdict for a container arrived (or could not be had).
+    pub fn inspected(
+        &mut self,
+        key: &Key,
+        cache_key: Option<&str>,
+        result: Option<Arc<Inspection>>,
+    ) -> Vec<Diagnosis> {
+        if let (Some(k), Some(i)) = (cache_key, &result) {
+            if self.cache.len() >= CACHE_MAX {
+                self.cache.clear();
+            }
+            self.cache.insert(k.to_string(), i.clone());
+        }
+        let node = self.node.clone();
+        let Some(c) = self.containers.get_mut(key) else {
+            return Vec::new();
+        };
+        c.verdict = match result {
+            Some(i) => Verdict::Known(i),
+            None => Verdict::Failed,
+        };
+        match c.pending.take() {
+            Some(exit) => Self::decide(&node, c, &exit).into_iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    pub fn task_created(&mut self, key: &Key) {
+        if let Some(c) = self.containers.get_mut(key) {
+            c.task_created = true;
+        }
+    }
+
+    pub fn task_started(&mut self, key: &Key, at: DateTime<Utc>) {
+        if let Some(c) = self.containers.get_mut(key) {
+            c.task_created = true;
+            c.started_at = Some(at);
+        }
+    }
+
+    /// `/tasks/exit`; only the init process (exec id == container id) counts.
+    pub fn task_exited(
+        &mut self,
+        key: &Key,
+        exec_id: &str,
+        status: u32,
+        at: DateTime<Utc>,
+    ) -> Vec<Diagnosis> {
+        if exec_id != key.id {
+            return Vec::new();
+        }
+        let window = self.windows.exit_window;
+        let node = self.node.clone();
+        let Some(c) = self.containers.get_mut(key) else {
+            return Vec::new();
+        };
+        c.task_created = true;
+        if let Some(start) = c.started_at {
+            if at - start > window {
+                return Vec::new();
+            }
+        }
+        let exit = Exit {
+            signal: Signal::TaskExit,
+            exit_code: Some(status),
+            started_at: c.started_at,
+            exited_at: Some(at),
+        };
+        Self::decide_or_wait(&node, c, exit)
+    }
+
+    /// Found at reconcile: a task that had already stopped.
+    pub fn task_stopped_before_watch(
+        &mut self,
+        key: &Key,
+        status: u32,
+        at: Option<DateTime<Utc>>,
+    ) -> Vec<Diagnosis> {
+        let node = self.node.clone();
+        let Some(c) = self.containers.get_mut(key) else {
+            return Vec::new();
+        };
+        c.task_created = true;
+        let exit = Exit {
+            signal: Signal::StoppedBeforeWatch,
+            exit_code: Some(status),
+            started_at: None,
+            exited_at: at,
+        };
+        Self::decide_or_wait(&node, c, exit)
+    }
+
+    /// `/containers/delete`: forget it; a failing container that never got a task was
+    /// refused at create time.
+    pub fn container_deleted(&mut self, key: &Key, now: DateTime<Utc>) -> Vec<Diagnosis> {
+        let node = self.node.clone();
+        let Some(mut c) = self.containers.remove(key) else {
+            return Vec::new();
+        };
+        if c.task_created || c.diagnosed {
+            return Vec::new();
+        }
+        let exit = never_created(now);
+        Self::decide(&node, &mut c, &exit).into_iter().collect()
+    }
+
+    /// Periodic: failing containers that never got a task within the create window.
+    pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<Diagnosis> {
+        let window = self.windows.create_window;
+        let node = self.node.clone();
+        let mut out = Vec::new();
+        for c in self.containers.values_mut() {
+            if !c.task_created && !c.diagnosed && now - c.created_at >= window {
+                let exit = never_created(now);
+                out.extend(Self::decide(&node, c, &exit));
+            }
+        }
+        out
+    }
+
+    fn decide_or_wait(node: &str, c: &mut Container, exit: Exit) -> Vec<Diagnosis> {
+        if matches!(c.verdict, Verdict::Pending) {
+            c.pending = Some(exit);
+            return Vec::new();
+        }
+        Self::decide(node, c, &exit).into_iter().collect()
+    }
+
+    fn decide(node: &str, c: &mut Container, exit: &Exit) -> Option<Diagnosis> {
+        if c.diagnosed {
+            return None;
+        }
+        let Verdict::Known(i) = &c.verdict else {
+            if matches!(c.verdict, Verdict::Pending) {
+                c.pending = Some(exit.clone());
+            }
+            return None;
+        };
+        let d = diagnose::diagnose(node, &c.who, i, exit)?;
+        c.diagnosed = true;
+        Some(d)
+    }
+}
+
+fn never_created(now: DateTime<Utc>) -> Exit {
+    Exit {
+        signal: Signal::TaskNeverCreated,
+        exit_code: None,
+        started_at: None,
+        exited_at: Some(now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::Verdict as V;
+    use crate::platform::Arch;
+
+    fn insp(v: V) -> Arc<Inspection> {
+        Arc::new(Inspection {
+            verdict: v,
+            cause: "c".into(),
+            fix: "f".into(),
+            symptom: v.symptom(),
+            argv: vec!["/app".into()],
+            node_arch: Arch::Amd64,
+            binary_arch: None,
+            handler: None,
+            chain: Vec::new(),
+            findings: Vec::new(),
+            bytes_read: 0,
+        })
+    }
+
+    fn key(id: &str) -> Key {
+        Key {
+            namespace: "k8s.io".into(),
+            id: id.into(),
+        }
+    }
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn exit_after_start_is_diagnosed_once() {
+        let mut tr = Tracker::new("n", Windows::default());
+        assert!(tr.container_created(key("a"), Identity::default(), Some("k"), t(0)));
+        assert!(tr
+            .inspected(&key("a"), Some("k"), Some(insp(V::ArchMismatch)))
+            .is_empty());
+        tr.task_created(&key("a"));
+        tr.task_started(&key("a"), t(1));
+        assert!(
+            tr.task_exited(&key("a"), "probe", 1, t(1)).is_empty(),
+            "exec process exits do not count"
+        );
+        let d = tr.task_exited(&key("a"), "a", 255, t(1));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].exit_code, Some(255));
+        assert!(tr.task_exited(&key("a"), "a", 255, t(2)).is_empty(), "once");
+        assert!(tr.container_deleted(&key("a"), t(3)).is_empty());
+    }
+
+    #[test]
+    fn healthy_and_late_exits_are_not_exec_failures() {
+        let mut tr = Tracker::new("n", Windows::default());
+        tr.container_created(key("ok"), Identity::default(), None, t(0));
+        tr.inspected(&key("ok"), None, Some(insp(V::Ok)));
+        tr.task_started(&key("ok"), t(0));
+        assert!(tr.task_exited(&key("ok"), "ok", 1, t(1)).is_empty());
+        tr.container_created(key("late"), Identity::default(), None, t(0));
+        tr.inspected(&key("late"), None, Some(insp(V::ArchMismatch)));
+        tr.task_started(&key("late"), t(0));
+        assert!(tr.task_exited(&key("late"), "late", 1, t(3600)).is_empty());
+    }
+
+    #[test]
+    fn exit_before_verdict_waits_for_it() {
+        let mut tr = Tracker::new("n", Windows::default());
+        tr.container_created(key("a"), Identity::default(), Some("k"), t(0));
+        tr.task_started(&key("a"), t(0));
+        assert!(tr.task_exited(&key("a"), "a", 1, t(0)).is_empty());
+        let d = tr.inspected(&key("a"), Some("k"), Some(insp(V::ScriptCrlf)));
+        assert_eq!(d.len(), 1);
+        // The next container of the same image + argv hits the cache.
+        assert!(!tr.container_created(key("b"), Identity::default(), Some("k"), t(5)));
+        tr.task_started(&key("b"), t(5));
+        assert_eq!(tr.task_exited(&key("b"), "b", 1, t(5)).len(), 1);
+    }
+
+    #[test]
+    fn refused_at_create_is_diagnosed_from_silence_or_delete() {
+        let mut tr = Tracker::new("n", Windows::default());
+        tr.container_created(key("gone"), Identity::default(), None, t(0));
+        tr.inspected(&key("gone"), None, Some(insp(V::NotFound)));
+        let d = tr.container_deleted(&key("gone"), t(1));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].signal, Signal::TaskNeverCreated);
+
+        tr.container_created(key("stuck"), Identity::default(), None, t(0));
+        tr.inspected(&key("stuck"), None, Some(insp(V::NotExecutable)));
+        assert!(tr.tick(t(2)).is_empty(), "inside the window");
+        assert_eq!(tr.tick(t(6)).len(), 1);
+        assert!(tr.tick(t(7)).is_empty(), "once");
+
+        tr.container_created(key("fine"), Identity::default(), None, t(0));
+        tr.inspected(&key("fine"), None, Some(insp(V::Ok)));
+        assert!(tr.tick(t(60)).is_empty());
+    }
+
+    #[test]
+    fn uninspectable_containers_are_never_guessed() {
+        let mut tr = Tracker::new("n", Windows::default());
+        tr.container_created(key("x"), Identity::default(), None, t(0));
+        tr.task_started(&key("x"), t(0));
+        tr.task_exited(&key("x"), "x", 1, t(0));
+        assert!(tr.inspected(&key("x"), None, None).is_empty());
+    }
+
+    #[test]
+    fn stopped_before_watch_is_diagnosed_once() {
+        let mut tr = Tracker::new("n", Windows::default());
+        tr.container_created(key("a"), Identity::default(), None, t(0));
+        tr.inspected(&key("a"), None, Some(insp(V::MissingLoader)));
+        let d = tr.task_stopped_before_watch(&key("a"), 1, Some(t(0)));
+        assert_eq!(d[0].signal, Signal::StoppedBeforeWatch);
+        assert!(tr
+            .task_stopped_before_watch(&key("a"), 1, Some(t(0)))
+            .is_empty());
+    }
+}
