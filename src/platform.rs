@@ -67,48 +67,257 @@ impl std::fmt::Display for Arch {
     }
 }
 
-// ---- CONTRACT: to be implemented (signatures fixed) ----
+const EM_386: u16 = 3;
+const EM_MIPS: u16 = 8;
+const EM_PPC64: u16 = 21;
+const EM_S390: u16 = 22;
+const EM_ARM: u16 = 40;
+const EM_SPARCV9: u16 = 43;
+const EM_X86_64: u16 = 62;
+const EM_AARCH64: u16 = 183;
+const EM_RISCV: u16 = 243;
+const EM_LOONGARCH: u16 = 258;
+
+/// Every known arch, for tables and tests.
+pub const KNOWN: [Arch; 19] = [
+    Arch::Amd64,
+    Arch::I386,
+    Arch::Arm64,
+    Arch::Arm(None),
+    Arch::Arm(Some(ArmVariant::V5)),
+    Arch::Arm(Some(ArmVariant::V6)),
+    Arch::Arm(Some(ArmVariant::V7)),
+    Arch::Arm(Some(ArmVariant::V8)),
+    Arch::Ppc64le,
+    Arch::Ppc64,
+    Arch::S390x,
+    Arch::Riscv64,
+    Arch::Mips64le,
+    Arch::Mips64,
+    Arch::Mipsle,
+    Arch::Mips,
+    Arch::Loong64,
+    Arch::Sparc64,
+    Arch::Other {
+        machine: 0,
+        class: Class::Elf32,
+        endian: Endian::Little,
+    },
+];
 
 impl Arch {
     /// Maps an ELF identity to an architecture. `arm_cpu_arch` is `Tag_CPU_arch` from the
-    /// `.ARM.attributes` section when present; `e_flags` decides MIPS/RISC-V/ARM details.
+    /// `.ARM.attributes` section when present.
     pub fn from_elf(
         machine: u16,
         class: Class,
         endian: Endian,
-        e_flags: u32,
+        _e_flags: u32,
         arm_cpu_arch: Option<u8>,
     ) -> Arch {
-        let _ = (machine, class, endian, e_flags, arm_cpu_arch);
-        unimplemented!()
+        use Class::*;
+        use Endian::*;
+        match (machine, class, endian) {
+            (EM_X86_64, Elf64, Little) => Arch::Amd64,
+            (EM_386, Elf32, Little) => Arch::I386,
+            (EM_AARCH64, Elf64, Little) => Arch::Arm64,
+            (EM_ARM, Elf32, Little) => Arch::Arm(arm_cpu_arch.and_then(arm_variant)),
+            (EM_PPC64, Elf64, Little) => Arch::Ppc64le,
+            (EM_PPC64, Elf64, Big) => Arch::Ppc64,
+            (EM_S390, Elf64, Big) => Arch::S390x,
+            (EM_RISCV, Elf64, Little) => Arch::Riscv64,
+            (EM_MIPS, Elf64, Little) => Arch::Mips64le,
+            (EM_MIPS, Elf64, Big) => Arch::Mips64,
+            (EM_MIPS, Elf32, Little) => Arch::Mipsle,
+            (EM_MIPS, Elf32, Big) => Arch::Mips,
+            (EM_LOONGARCH, Elf64, Little) => Arch::Loong64,
+            (EM_SPARCV9, Elf64, Big) => Arch::Sparc64,
+            _ => Arch::Other {
+                machine,
+                class,
+                endian,
+            },
+        }
     }
+
     /// OCI name with variant, e.g. `amd64`, `arm64`, `arm/v7`, `arm`.
     pub fn name(&self) -> String {
-        unimplemented!()
+        match self {
+            Arch::Arm(Some(v)) => format!("arm/{}", v.name()),
+            Arch::Other {
+                machine,
+                class,
+                endian,
+            } => format!(
+                "elf-machine-{machine:#06x}-{}-{}",
+                if *class == Class::Elf64 {
+                    "elf64"
+                } else {
+                    "elf32"
+                },
+                if *endian == Endian::Little {
+                    "le"
+                } else {
+                    "be"
+                }
+            ),
+            _ => self.oci_architecture().to_string(),
+        }
     }
+
     /// Closed-set label for metrics (`other` for [`Arch::Other`]).
     pub fn label(&self) -> &'static str {
-        unimplemented!()
+        match self {
+            Arch::Arm(Some(ArmVariant::V5)) => "arm/v5",
+            Arch::Arm(Some(ArmVariant::V6)) => "arm/v6",
+            Arch::Arm(Some(ArmVariant::V7)) => "arm/v7",
+            Arch::Arm(Some(ArmVariant::V8)) => "arm/v8",
+            Arch::Other { .. } => "other",
+            _ => self.oci_architecture(),
+        }
     }
+
     pub fn oci_architecture(&self) -> &'static str {
-        unimplemented!()
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::I386 => "386",
+            Arch::Arm64 => "arm64",
+            Arch::Arm(_) => "arm",
+            Arch::Ppc64le => "ppc64le",
+            Arch::Ppc64 => "ppc64",
+            Arch::S390x => "s390x",
+            Arch::Riscv64 => "riscv64",
+            Arch::Mips64le => "mips64le",
+            Arch::Mips64 => "mips64",
+            Arch::Mipsle => "mipsle",
+            Arch::Mips => "mips",
+            Arch::Loong64 => "loong64",
+            Arch::Sparc64 => "sparc64",
+            Arch::Other { .. } => "unknown",
+        }
     }
+
     pub fn oci_variant(&self) -> Option<&'static str> {
-        unimplemented!()
+        match self {
+            Arch::Arm(Some(v)) => Some(v.name()),
+            _ => None,
+        }
     }
+
     /// `uname -m` name, e.g. `x86_64`, `aarch64`, `armv7l`.
     pub fn uname(&self) -> &'static str {
-        unimplemented!()
+        match self {
+            Arch::Amd64 => "x86_64",
+            Arch::I386 => "i686",
+            Arch::Arm64 => "aarch64",
+            Arch::Arm(Some(ArmVariant::V5)) => "armv5tel",
+            Arch::Arm(Some(ArmVariant::V6)) => "armv6l",
+            Arch::Arm(Some(ArmVariant::V8)) => "armv8l",
+            Arch::Arm(_) => "armv7l",
+            Arch::Ppc64le => "ppc64le",
+            Arch::Ppc64 => "ppc64",
+            Arch::S390x => "s390x",
+            Arch::Riscv64 => "riscv64",
+            Arch::Mips64le | Arch::Mips64 => "mips64",
+            Arch::Mipsle | Arch::Mips => "mips",
+            Arch::Loong64 => "loongarch64",
+            Arch::Sparc64 => "sparc64",
+            Arch::Other { .. } => "unknown",
+        }
     }
-    /// Parses OCI (`arm64`, `linux/arm/v7`, `arm64/v8`) and uname (`aarch64`, `x86_64`) names.
+
+    /// Parses OCI (`arm64`, `linux/arm/v7`, `arm64/v8`), uname (`aarch64`, `x86_64`) and
+    /// Debian (`armhf`, `ppc64el`) names, case-insensitively.
     pub fn parse(s: &str) -> Option<Arch> {
-        let _ = s;
-        unimplemented!()
+        let lower = s.trim().to_ascii_lowercase();
+        let s = lower.strip_prefix("linux/").unwrap_or(&lower);
+        let (arch, variant) = match s.split_once('/') {
+            Some((a, v)) => (a, Some(v)),
+            None => (s, None),
+        };
+        if let Some(a) = Arch::from_oci(arch, variant) {
+            return Some(a);
+        }
+        if variant.is_some() {
+            return None;
+        }
+        Some(match arch {
+            "x86_64" | "x86-64" | "x64" => Arch::Amd64,
+            "i386" | "i486" | "i586" | "i686" | "x86" => Arch::I386,
+            "aarch64" | "arm64v8" => Arch::Arm64,
+            "armhf" | "armv7l" | "armv7" | "arm32v7" => Arch::Arm(Some(ArmVariant::V7)),
+            "armel" | "armv5tel" | "armv5" | "arm32v5" => Arch::Arm(Some(ArmVariant::V5)),
+            "armv6l" | "armv6" | "arm32v6" => Arch::Arm(Some(ArmVariant::V6)),
+            "armv8l" => Arch::Arm(Some(ArmVariant::V8)),
+            "ppc64el" | "powerpc64le" => Arch::Ppc64le,
+            "powerpc64" => Arch::Ppc64,
+            "mips64el" => Arch::Mips64le,
+            "mipsel" => Arch::Mipsle,
+            "loongarch64" => Arch::Loong64,
+            _ => return None,
+        })
     }
+
     pub fn from_oci(architecture: &str, variant: Option<&str>) -> Option<Arch> {
-        let _ = (architecture, variant);
-        unimplemented!()
+        let a = match architecture {
+            "amd64" => Arch::Amd64,
+            "386" => Arch::I386,
+            "arm64" => Arch::Arm64,
+            "arm" => {
+                return match variant {
+                    None | Some("") => Some(Arch::Arm(None)),
+                    Some(v) => ArmVariant::parse(v).map(|v| Arch::Arm(Some(v))),
+                }
+            }
+            "ppc64le" => Arch::Ppc64le,
+            "ppc64" => Arch::Ppc64,
+            "s390x" => Arch::S390x,
+            "riscv64" => Arch::Riscv64,
+            "mips64le" => Arch::Mips64le,
+            "mips64" => Arch::Mips64,
+            "mipsle" => Arch::Mipsle,
+            "mips" => Arch::Mips,
+            "loong64" => Arch::Loong64,
+            "sparc64" => Arch::Sparc64,
+            _ => return None,
+        };
+        // arm64/v8 is the only variant other arches carry in practice.
+        match (a, variant) {
+            (_, None | Some("")) | (Arch::Arm64, Some("v8")) => Some(a),
+            _ => None,
+        }
     }
+}
+
+impl ArmVariant {
+    pub fn name(self) -> &'static str {
+        match self {
+            ArmVariant::V5 => "v5",
+            ArmVariant::V6 => "v6",
+            ArmVariant::V7 => "v7",
+            ArmVariant::V8 => "v8",
+        }
+    }
+    fn parse(s: &str) -> Option<ArmVariant> {
+        Some(match s {
+            "v5" => ArmVariant::V5,
+            "v6" => ArmVariant::V6,
+            "v7" => ArmVariant::V7,
+            "v8" => ArmVariant::V8,
+            _ => return None,
+        })
+    }
+}
+
+/// ARM ARM `Tag_CPU_arch` values to OCI variants.
+fn arm_variant(tag: u8) -> Option<ArmVariant> {
+    Some(match tag {
+        1..=5 => ArmVariant::V5,
+        6..=9 | 11 | 12 => ArmVariant::V6,
+        10 | 13 => ArmVariant::V7,
+        14.. => ArmVariant::V8,
+        0 => return None,
+    })
 }
 
 /// Whether a binary of one arch runs natively on a node.
@@ -122,6 +331,12 @@ pub enum Nativity {
 }
 
 /// The node a verdict is for.
+///
+/// 32-bit compat: a 386 binary on amd64 and an arm/v5–v8 binary on arm64 run through the
+/// 64-bit kernel's compat layer when the kernel has one (`ok` with a `compat_32bit` finding).
+/// On x86_64 the kernel's support is read from `/proc/sys/abi/vsyscall32`, present only with
+/// IA32 emulation. On aarch64 it is assumed: CPUs without AArch32 EL0 (Graviton 3, Apple M)
+/// are described with `--node-arch` and a `compat_32bit` finding warns on every such binary.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Node {
     pub arch: Arch,
@@ -132,14 +347,147 @@ pub struct Node {
 impl Node {
     /// This machine: `uname -m`, compat from the kernel.
     pub fn detect() -> Node {
-        unimplemented!()
+        let uts = rustix::system::uname();
+        let machine = uts.machine().to_string_lossy().into_owned();
+        let arch = Arch::parse(&machine).unwrap_or(Arch::Other {
+            machine: 0,
+            class: Class::Elf64,
+            endian: Endian::Little,
+        });
+        let compat32 = match arch {
+            Arch::Amd64 => std::path::Path::new("/proc/sys/abi/vsyscall32").exists(),
+            Arch::Arm64 => true,
+            _ => false,
+        };
+        Node { arch, compat32 }
     }
+
     pub fn with_arch(arch: Arch) -> Node {
-        let _ = arch;
-        unimplemented!()
+        Node {
+            arch,
+            compat32: matches!(arch, Arch::Amd64 | Arch::Arm64),
+        }
     }
+
     pub fn nativity(&self, binary: Arch) -> Nativity {
-        let _ = binary;
-        unimplemented!()
+        match (self.arch, binary) {
+            (a, b) if a == b => Nativity::Native,
+            (Arch::Arm(node), Arch::Arm(bin)) => match (node, bin) {
+                (Some(n), Some(b)) if b > n => Nativity::Foreign,
+                _ => Nativity::Native,
+            },
+            (Arch::Amd64, Arch::I386) | (Arch::Arm64, Arch::Arm(_)) if self.compat32 => {
+                Nativity::Compat32
+            }
+            _ => Nativity::Foreign,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elf_identities_map_to_oci_names() {
+        use Class::*;
+        use Endian::*;
+        let cases = [
+            (62, Elf64, Little, None, "amd64", "x86_64"),
+            (3, Elf32, Little, None, "386", "i686"),
+            (183, Elf64, Little, None, "arm64", "aarch64"),
+            (40, Elf32, Little, Some(10), "arm/v7", "armv7l"),
+            (40, Elf32, Little, Some(6), "arm/v6", "armv6l"),
+            (40, Elf32, Little, Some(4), "arm/v5", "armv5tel"),
+            (40, Elf32, Little, Some(14), "arm/v8", "armv8l"),
+            (40, Elf32, Little, None, "arm", "armv7l"),
+            (21, Elf64, Little, None, "ppc64le", "ppc64le"),
+            (21, Elf64, Big, None, "ppc64", "ppc64"),
+            (22, Elf64, Big, None, "s390x", "s390x"),
+            (243, Elf64, Little, None, "riscv64", "riscv64"),
+            (8, Elf64, Little, None, "mips64le", "mips64"),
+            (8, Elf64, Big, None, "mips64", "mips64"),
+            (8, Elf32, Little, None, "mipsle", "mips"),
+            (8, Elf32, Big, None, "mips", "mips"),
+            (258, Elf64, Little, None, "loong64", "loongarch64"),
+            (43, Elf64, Big, None, "sparc64", "sparc64"),
+        ];
+        for (m, c, e, attr, name, uname) in cases {
+            let a = Arch::from_elf(m, c, e, 0, attr);
+            assert_eq!(a.name(), name, "machine {m}");
+            assert_eq!(a.uname(), uname, "machine {m}");
+            assert_ne!(a.label(), "other");
+        }
+        // Right machine, wrong class: not the arch (x32, or a damaged header).
+        let x32 = Arch::from_elf(62, Class::Elf32, Endian::Little, 0, None);
+        assert_eq!(x32.label(), "other");
+        assert_eq!(x32.name(), "elf-machine-0x003e-elf32-le");
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for a in KNOWN
+            .into_iter()
+            .filter(|a| !matches!(a, Arch::Other { .. }))
+        {
+            assert_eq!(Arch::parse(&a.name()), Some(a), "{a:?}");
+            assert_eq!(
+                Arch::from_oci(a.oci_architecture(), a.oci_variant()),
+                Some(a)
+            );
+        }
+        let aliases = [
+            ("x86_64", Arch::Amd64),
+            ("linux/amd64", Arch::Amd64),
+            ("AARCH64", Arch::Arm64),
+            ("arm64/v8", Arch::Arm64),
+            ("linux/arm/v7", Arch::Arm(Some(ArmVariant::V7))),
+            ("armhf", Arch::Arm(Some(ArmVariant::V7))),
+            ("armel", Arch::Arm(Some(ArmVariant::V5))),
+            ("ppc64el", Arch::Ppc64le),
+            ("mips64el", Arch::Mips64le),
+            ("i386", Arch::I386),
+            ("loongarch64", Arch::Loong64),
+        ];
+        for (s, a) in aliases {
+            assert_eq!(Arch::parse(s), Some(a), "{s}");
+        }
+        for bad in ["", "z80", "arm/v9", "amd64/v3x", "linux/"] {
+            assert_eq!(Arch::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn nativity_follows_compat_rules() {
+        let amd = Node::with_arch(Arch::Amd64);
+        let arm64 = Node::with_arch(Arch::Arm64);
+        let armv6 = Node::with_arch(Arch::Arm(Some(ArmVariant::V6)));
+        let no_compat = Node {
+            arch: Arch::Amd64,
+            compat32: false,
+        };
+        let cases = [
+            (&amd, Arch::Amd64, Nativity::Native),
+            (&amd, Arch::I386, Nativity::Compat32),
+            (&no_compat, Arch::I386, Nativity::Foreign),
+            (&amd, Arch::Arm64, Nativity::Foreign),
+            (&arm64, Arch::Arm(Some(ArmVariant::V7)), Nativity::Compat32),
+            (&arm64, Arch::Amd64, Nativity::Foreign),
+            (&armv6, Arch::Arm(Some(ArmVariant::V5)), Nativity::Native),
+            (&armv6, Arch::Arm(Some(ArmVariant::V7)), Nativity::Foreign),
+            (&armv6, Arch::Arm(None), Nativity::Native),
+            (&amd, Arch::S390x, Nativity::Foreign),
+        ];
+        for (node, bin, want) in cases {
+            assert_eq!(node.nativity(bin), want, "{bin:?} on {:?}", node.arch);
+        }
+        assert!(
+            Node::detect().arch
+                != Arch::Other {
+                    machine: 0,
+                    class: Class::Elf64,
+                    endian: Endian::Little
+                }
+        );
     }
 }
