@@ -1,8 +1,8 @@
 //! Architecture names: ELF `e_machine`/class/endianness (+ ARM attributes) ↔ OCI
 //! `architecture`/`variant` ↔ `uname -m`.
 //!
-//! CONTRACT (used by inspect, binfmt, metrics labels): `Arch` is a closed set so it can be a
-//! metric label; `Arch::Other` carries the raw ELF identity for everything else.
+//! `Arch` is a closed set so it can be a metric label; `Arch::Other` carries the raw ELF
+//! identity of everything else.
 
 use serde::{Serialize, Serializer};
 
