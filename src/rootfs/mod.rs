@@ -4,10 +4,24 @@
 //! Invariant: nothing outside the given layer directories is ever opened, stat'ed or read;
 //! nothing blocks (FIFOs and devices are never opened for reading).
 //!
-//! CONTRACT: signatures fixed; bodies to be implemented.
+//! How: each layer directory is opened once; every lookup is one `openat2` relative to that
+//! descriptor with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS` and
+//! `O_PATH | O_NOFOLLOW`, so the kernel itself refuses to leave the layer or follow a link.
+//! Symlinks are read (`readlinkat` on the link's own descriptor) and followed here, in the
+//! merged view, re-anchored at the container root.
+//!
+//! Overlay semantics (as overlayfs shows the merged view): a char device 0/0 or a `.wh.NAME`
+//! file hides NAME below; a directory marked opaque (`trusted.overlay.opaque=y`, or
+//! `user.overlay.opaque=y`, or holding `.wh..wh..opq`) hides what lower layers have in it; a
+//! non-directory hides a directory below it and a directory over a non-directory stops the
+//! merge there.
 
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
 use serde::Serialize;
 
@@ -21,6 +35,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 #[derive(Debug)]
 pub struct Rootfs {
     layers: Vec<PathBuf>,
+    fds: Vec<OwnedFd>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -119,26 +134,105 @@ impl RootfsError {
     }
 }
 
+/// Longest symlink target accepted (PATH_MAX).
+const MAX_LINK_LEN: usize = 4096;
+/// Bound on components processed in one resolution (every hop adds at most PATH_MAX/2).
+const MAX_COMPONENTS: usize = 64 * 1024;
+
+fn resolve_flags() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+}
+
+/// A directory of the merged view: its components and the layers that contribute to it.
+#[derive(Clone, Debug)]
+struct Dir {
+    comps: Vec<String>,
+    layers: Vec<usize>,
+    mode: u32,
+}
+
+impl Dir {
+    fn path(&self) -> String {
+        if self.comps.is_empty() {
+            "/".to_string()
+        } else {
+            format!("/{}", self.comps.join("/"))
+        }
+    }
+    fn rel(&self, name: &str) -> String {
+        if self.comps.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", self.comps.join("/"))
+        }
+    }
+}
+
+enum Child {
+    Missing,
+    Dir(Dir),
+    Other {
+        layer: usize,
+        kind: FileKind,
+        mode: u32,
+        size: u64,
+        fd: OwnedFd,
+    },
+}
+
+fn kind_of(ft: FileType) -> FileKind {
+    match ft {
+        FileType::RegularFile => FileKind::Regular,
+        FileType::Directory => FileKind::Directory,
+        FileType::Symlink => FileKind::Symlink,
+        FileType::Fifo => FileKind::Fifo,
+        FileType::Socket => FileKind::Socket,
+        FileType::CharacterDevice => FileKind::CharDevice,
+        FileType::BlockDevice => FileKind::BlockDevice,
+        FileType::Unknown => FileKind::Regular,
+    }
+}
+
 impl Rootfs {
     /// Layers top first. Each must be a directory; they are opened once (O_PATH|O_DIRECTORY).
     pub fn new(layers: Vec<PathBuf>) -> Result<Rootfs, RootfsError> {
-        let _ = layers;
-        unimplemented!()
+        let mut fds = Vec::with_capacity(layers.len());
+        for l in &layers {
+            let fd = rustix::fs::open(
+                l,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| RootfsError::Layer {
+                path: l.display().to_string(),
+                source: e.into(),
+            })?;
+            fds.push(fd);
+        }
+        if layers.is_empty() {
+            return Err(RootfsError::Layer {
+                path: String::new(),
+                source: std::io::Error::other("no layers given"),
+            });
+        }
+        Ok(Rootfs { layers, fds })
     }
+
     pub fn layers(&self) -> &[PathBuf] {
         &self.layers
     }
+
     /// Resolves `path` (absolute, or relative to `cwd`) following every symlink, including a
     /// trailing one, re-anchored at the container root; `..` never climbs above it.
     pub fn resolve(&self, path: &str, cwd: &str) -> Result<Resolved, RootfsError> {
-        let _ = (path, cwd);
-        unimplemented!()
+        self.walk(path, cwd, true)
     }
+
     /// Like [`Rootfs::resolve`] but does not follow a trailing symlink.
     pub fn resolve_nofollow(&self, path: &str, cwd: &str) -> Result<Resolved, RootfsError> {
-        let _ = (path, cwd);
-        unimplemented!()
+        self.walk(path, cwd, false)
     }
+
     /// runc's argv[0] lookup: a name with `/` is resolved as is (relative to `cwd`); a bare name
     /// is searched in `path_env` (default [`DEFAULT_PATH`]; an empty element means `cwd`).
     pub fn lookup_exec(
@@ -147,14 +241,319 @@ impl Rootfs {
         path_env: Option<&str>,
         cwd: &str,
     ) -> Result<ExecLookup, RootfsError> {
-        let _ = (argv0, path_env, cwd);
-        unimplemented!()
+        if argv0.contains('/') {
+            return Ok(ExecLookup {
+                resolved: self.resolve(argv0, cwd)?,
+                searched: Vec::new(),
+                path_exhausted: false,
+            });
+        }
+        let mut searched = Vec::new();
+        let mut best: Option<Resolved> = None;
+        for dir in path_env.unwrap_or(DEFAULT_PATH).split(':') {
+            let candidate = if dir.is_empty() {
+                format!("{}/{argv0}", cwd.trim_end_matches('/'))
+            } else {
+                format!("{}/{argv0}", dir.trim_end_matches('/'))
+            };
+            let r = self.resolve(&candidate, cwd)?;
+            searched.push(candidate);
+            match &r {
+                Resolved::Found { entry, .. }
+                    if entry.kind != FileKind::Directory && entry.mode & 0o111 != 0 =>
+                {
+                    return Ok(ExecLookup {
+                        resolved: r,
+                        searched,
+                        path_exhausted: false,
+                    });
+                }
+                Resolved::Found { .. } => {
+                    if !matches!(best, Some(Resolved::Found { .. })) {
+                        best = Some(r);
+                    }
+                }
+                _ => {
+                    if best.is_none() {
+                        best = Some(r);
+                    }
+                }
+            }
+        }
+        let resolved = best.unwrap_or(Resolved::NotFound {
+            missing: argv0.to_string(),
+            hops: Vec::new(),
+        });
+        Ok(ExecLookup {
+            resolved,
+            searched,
+            path_exhausted: true,
+        })
     }
+
     /// Opens a found regular file for reading, confined to its layer (openat2 with
     /// RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, O_NOFOLLOW|O_NONBLOCK) and re-checks with fstat that
     /// it is still a regular file. Callers read bounded amounts with `FileExt::read_at`.
     pub fn open_regular(&self, entry: &Entry) -> Result<File, RootfsError> {
-        let _ = entry;
-        unimplemented!()
+        if entry.kind != FileKind::Regular {
+            return Err(RootfsError::NotRegular {
+                path: entry.path.clone(),
+            });
+        }
+        let io = |e: Errno| RootfsError::Io {
+            path: entry.path.clone(),
+            layer: entry.layer,
+            source: e.into(),
+        };
+        let layer_fd = self.fds.get(entry.layer).ok_or(RootfsError::NotRegular {
+            path: entry.path.clone(),
+        })?;
+        let rel = entry.path.trim_start_matches('/');
+        let fd = rustix::fs::openat2(
+            layer_fd,
+            rel,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
+            resolve_flags(),
+        )
+        .map_err(io)?;
+        let st = rustix::fs::fstat(&fd).map_err(io)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(RootfsError::NotRegular {
+                path: entry.path.clone(),
+            });
+        }
+        Ok(File::from(fd))
+    }
+
+    fn root_dir(&self) -> Dir {
+        let mode = rustix::fs::fstat(&self.fds[0])
+            .map(|s| s.st_mode & 0o7777)
+            .unwrap_or(0o755);
+        Dir {
+            comps: Vec::new(),
+            layers: (0..self.fds.len()).collect(),
+            mode,
+        }
+    }
+
+    /// Opens `rel` in `layer` without following anything.
+    fn open_in(&self, layer: usize, rel: &str) -> Result<Option<OwnedFd>, RootfsError> {
+        match rustix::fs::openat2(
+            &self.fds[layer],
+            rel,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve_flags(),
+        ) {
+            Ok(fd) => Ok(Some(fd)),
+            // Absent, or an ancestor in this layer is not a directory / is a link: the
+            // layer has nothing at this path.
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) | Err(Errno::XDEV) => {
+                Ok(None)
+            }
+            Err(e) => Err(RootfsError::Io {
+                path: format!("/{rel}"),
+                layer,
+                source: e.into(),
+            }),
+        }
+    }
+
+    fn exists_in(&self, layer: usize, rel: &str) -> Result<bool, RootfsError> {
+        Ok(self.open_in(layer, rel)?.is_some())
+    }
+
+    fn opaque(&self, layer: usize, rel: &str) -> Result<bool, RootfsError> {
+        if self.exists_in(layer, &format!("{rel}/.wh..wh..opq"))? {
+            return Ok(true);
+        }
+        let Ok(fd) = rustix::fs::openat2(
+            &self.fds[layer],
+            rel,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve_flags(),
+        ) else {
+            return Ok(false);
+        };
+        for name in ["trusted.overlay.opaque", "user.overlay.opaque"] {
+            let mut buf = [0u8; 8];
+            if let Ok(n) = rustix::fs::fgetxattr(&fd, name, &mut buf) {
+                if buf[..n] == *b"y" {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Looks `name` up in the merged directory `dir`.
+    fn child(&self, dir: &Dir, name: &str) -> Result<Child, RootfsError> {
+        if name.starts_with(".wh.") {
+            return Ok(Child::Missing);
+        }
+        let rel = dir.rel(name);
+        let mut merged: Option<Dir> = None;
+        for &layer in &dir.layers {
+            let fd = match self.open_in(layer, &rel)? {
+                Some(fd) => fd,
+                None => {
+                    if self.exists_in(layer, &dir.rel(&format!(".wh.{name}")))? {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let st = rustix::fs::fstat(&fd).map_err(|e| RootfsError::Io {
+                path: format!("/{rel}"),
+                layer,
+                source: e.into(),
+            })?;
+            let ft = FileType::from_raw_mode(st.st_mode);
+            if ft == FileType::CharacterDevice && st.st_rdev == 0 {
+                // Whiteout.
+                break;
+            }
+            if ft == FileType::Directory {
+                let d = merged.get_or_insert_with(|| Dir {
+                    comps: {
+                        let mut c = dir.comps.clone();
+                        c.push(name.to_string());
+                        c
+                    },
+                    layers: Vec::new(),
+                    mode: st.st_mode & 0o7777,
+                });
+                d.layers.push(layer);
+                if self.opaque(layer, &rel)? {
+                    break;
+                }
+                continue;
+            }
+            if merged.is_some() {
+                // A non-directory below a directory is hidden and stops the merge.
+                break;
+            }
+            return Ok(Child::Other {
+                layer,
+                kind: kind_of(ft),
+                mode: st.st_mode & 0o7777,
+                size: st.st_size.max(0) as u64,
+                fd,
+            });
+        }
+        Ok(merged.map_or(Child::Missing, Child::Dir))
+    }
+
+    fn walk(&self, path: &str, cwd: &str, follow_last: bool) -> Result<Resolved, RootfsError> {
+        use std::collections::VecDeque;
+        let mut queue: VecDeque<String> = VecDeque::new();
+        if !path.starts_with('/') {
+            queue.extend(cwd.split('/').map(str::to_string));
+        }
+        queue.extend(path.split('/').map(str::to_string));
+        let mut stack = vec![self.root_dir()];
+        let mut hops: Vec<Hop> = Vec::new();
+        let mut processed = 0usize;
+        // The last thing resolved when it is not a directory.
+        while let Some(comp) = queue.pop_front() {
+            processed += 1;
+            if processed > MAX_COMPONENTS {
+                return Ok(Resolved::Loop { hops });
+            }
+            if comp.is_empty() || comp == "." {
+                continue;
+            }
+            if comp == ".." {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+                continue;
+            }
+            let dir = stack.last().cloned().unwrap_or_else(|| self.root_dir());
+            let more = queue.iter().any(|c| !c.is_empty() && c != ".");
+            let trailing_slash = !more && !queue.is_empty();
+            match self.child(&dir, &comp)? {
+                Child::Missing => {
+                    let missing = if dir.comps.is_empty() {
+                        format!("/{comp}")
+                    } else {
+                        format!("{}/{comp}", dir.path())
+                    };
+                    return Ok(Resolved::NotFound { missing, hops });
+                }
+                Child::Dir(d) => stack.push(d),
+                Child::Other {
+                    kind: FileKind::Symlink,
+                    fd,
+                    layer,
+                    ..
+                } if more || follow_last || trailing_slash => {
+                    let link = format!("{}/{comp}", dir.path().trim_end_matches('/'));
+                    if hops.len() >= MAX_SYMLINK_HOPS {
+                        return Ok(Resolved::Loop { hops });
+                    }
+                    let target = rustix::fs::readlinkat(&fd, "", Vec::new()).map_err(|e| {
+                        RootfsError::Io {
+                            path: link.clone(),
+                            layer,
+                            source: e.into(),
+                        }
+                    })?;
+                    let target = target.to_bytes();
+                    if target.len() > MAX_LINK_LEN || target.is_empty() {
+                        return Ok(Resolved::NotFound {
+                            missing: link,
+                            hops,
+                        });
+                    }
+                    let target = String::from_utf8_lossy(target).into_owned();
+                    hops.push(Hop {
+                        link,
+                        target: target.clone(),
+                    });
+                    if target.starts_with('/') {
+                        stack.truncate(1);
+                    }
+                    for c in target.split('/').rev() {
+                        queue.push_front(c.to_string());
+                    }
+                }
+                Child::Other {
+                    layer,
+                    kind,
+                    mode,
+                    size,
+                    ..
+                } => {
+                    let at = format!("{}/{comp}", dir.path().trim_end_matches('/'));
+                    if more || trailing_slash {
+                        return Ok(Resolved::NotADirectory { at, hops });
+                    }
+                    return Ok(Resolved::Found {
+                        entry: Entry {
+                            path: at,
+                            layer,
+                            kind,
+                            mode,
+                            size,
+                        },
+                        hops,
+                    });
+                }
+            }
+        }
+        let d = stack.last().cloned().unwrap_or_else(|| self.root_dir());
+        Ok(Resolved::Found {
+            entry: Entry {
+                path: d.path(),
+                layer: d.layers.first().copied().unwrap_or(0),
+                kind: FileKind::Directory,
+                mode: d.mode,
+                size: 0,
+            },
+            hops,
+        })
     }
 }
