@@ -557,3 +557,6 @@ impl Rootfs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
