@@ -1,6 +1,7 @@
 //! archwatch
 pub mod binfmt;
 pub mod diagnose;
+pub mod image;
 pub mod inspect;
 pub mod pipeline;
 pub mod platform;
