@@ -1,5 +1,6 @@
 //! archwatch
 pub mod binfmt;
+pub mod containerd;
 pub mod diagnose;
 pub mod image;
 pub mod inspect;
