@@ -123,33 +123,62 @@ impl Tracker {
         self.cache.get(cache_key).cloned()
     }
 
-    /// Starts tracking a container. Returns `true` when its files must be inspected (no
-    /// cached verdict); the caller then reports back with [`Tracker::inspected`].
-    pub fn container_created(
-        &mut self,
-        key: Key,
-        who: Identity,
-        cache_key: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> bool {
+    /// Starts tracking a container as soon as containerd announces it, so that task events
+    /// arriving before its files are read are kept. Returns `false` when already tracked.
+    pub fn container_created(&mut self, key: Key, now: DateTime<Utc>) -> bool {
         if self.containers.contains_key(&key) {
             return false;
         }
-        let cached = cache_key.and_then(|k| self.cache.get(k).cloned());
-        let need = cached.is_none();
         self.containers.insert(
             key,
             Container {
-                who,
+                who: Identity::default(),
                 created_at: now,
-                verdict: cached.map_or(Verdict::Pending, Verdict::Known),
+                verdict: Verdict::Pending,
                 task_created: false,
                 started_at: None,
                 pending: None,
                 diagnosed: false,
             },
         );
-        need
+        true
+    }
+
+    /// The container's record was read: who it is and what it will run. Returns whether its
+    /// files must be inspected (no cached verdict), and any diagnosis a cached verdict settles.
+    pub fn identified(
+        &mut self,
+        key: &Key,
+        who: Identity,
+        cache_key: Option<&str>,
+    ) -> (bool, Vec<Diagnosis>) {
+        let cached = cache_key.and_then(|k| self.cache.get(k).cloned());
+        let node = self.node.clone();
+        let Some(c) = self.containers.get_mut(key) else {
+            return (false, Vec::new());
+        };
+        c.who = who;
+        match cached {
+            Some(i) => {
+                c.verdict = Verdict::Known(i);
+                let d = match c.pending.take() {
+                    Some(exit) => Self::decide(&node, c, &exit).into_iter().collect(),
+                    None => Vec::new(),
+                };
+                (false, d)
+            }
+            None => (true, Vec::new()),
+        }
+    }
+
+    /// Stops tracking without diagnosing (a sandbox, or gone while the agent was away).
+    pub fn forget(&mut self, key: &Key) {
+        self.containers.remove(key);
+    }
+
+    /// Keys currently tracked.
+    pub fn keys(&self) -> Vec<Key> {
+        self.containers.keys().cloned().collect()
     }
 
     /// The verdict for a container arrived (or could not be had).
@@ -264,7 +293,8 @@ impl Tracker {
         let node = self.node.clone();
         let mut out = Vec::new();
         for c in self.containers.values_mut() {
-            if !c.task_created && !c.diagnosed && now - c.created_at >= window {
+            let known = matches!(c.verdict, Verdict::Known(_));
+            if known && !c.task_created && !c.diagnosed && now - c.created_at >= window {
                 let exit = never_created(now);
                 out.extend(Self::decide(&node, c, &exit));
             }
@@ -341,7 +371,9 @@ mod tests {
     #[test]
     fn exit_after_start_is_diagnosed_once() {
         let mut tr = Tracker::new("n", Windows::default());
-        assert!(tr.container_created(key("a"), Identity::default(), Some("k"), t(0)));
+        assert!(tr.container_created(key("a"), t(0)));
+        assert!(!tr.container_created(key("a"), t(0)));
+        assert!(tr.identified(&key("a"), Identity::default(), Some("k")).0);
         assert!(tr
             .inspected(&key("a"), Some("k"), Some(insp(V::ArchMismatch)))
             .is_empty());
@@ -361,11 +393,11 @@ mod tests {
     #[test]
     fn healthy_and_late_exits_are_not_exec_failures() {
         let mut tr = Tracker::new("n", Windows::default());
-        tr.container_created(key("ok"), Identity::default(), None, t(0));
+        tr.container_created(key("ok"), t(0));
         tr.inspected(&key("ok"), None, Some(insp(V::Ok)));
         tr.task_started(&key("ok"), t(0));
         assert!(tr.task_exited(&key("ok"), "ok", 1, t(1)).is_empty());
-        tr.container_created(key("late"), Identity::default(), None, t(0));
+        tr.container_created(key("late"), t(0));
         tr.inspected(&key("late"), None, Some(insp(V::ArchMismatch)));
         tr.task_started(&key("late"), t(0));
         assert!(tr.task_exited(&key("late"), "late", 1, t(3600)).is_empty());
@@ -374,33 +406,38 @@ mod tests {
     #[test]
     fn exit_before_verdict_waits_for_it() {
         let mut tr = Tracker::new("n", Windows::default());
-        tr.container_created(key("a"), Identity::default(), Some("k"), t(0));
+        tr.container_created(key("a"), t(0));
         tr.task_started(&key("a"), t(0));
         assert!(tr.task_exited(&key("a"), "a", 1, t(0)).is_empty());
+        assert!(tr.identified(&key("a"), Identity::default(), Some("k")).0);
         let d = tr.inspected(&key("a"), Some("k"), Some(insp(V::ScriptCrlf)));
         assert_eq!(d.len(), 1);
-        // The next container of the same image + argv hits the cache.
-        assert!(!tr.container_created(key("b"), Identity::default(), Some("k"), t(5)));
+        // The next container of the same image + argv hits the cache, even when its exit
+        // arrives before its record is read.
+        tr.container_created(key("b"), t(5));
         tr.task_started(&key("b"), t(5));
-        assert_eq!(tr.task_exited(&key("b"), "b", 1, t(5)).len(), 1);
+        assert!(tr.task_exited(&key("b"), "b", 1, t(5)).is_empty());
+        let (need, d) = tr.identified(&key("b"), Identity::default(), Some("k"));
+        assert!(!need);
+        assert_eq!(d.len(), 1);
     }
 
     #[test]
     fn refused_at_create_is_diagnosed_from_silence_or_delete() {
         let mut tr = Tracker::new("n", Windows::default());
-        tr.container_created(key("gone"), Identity::default(), None, t(0));
+        tr.container_created(key("gone"), t(0));
         tr.inspected(&key("gone"), None, Some(insp(V::NotFound)));
         let d = tr.container_deleted(&key("gone"), t(1));
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].signal, Signal::TaskNeverCreated);
 
-        tr.container_created(key("stuck"), Identity::default(), None, t(0));
+        tr.container_created(key("stuck"), t(0));
         tr.inspected(&key("stuck"), None, Some(insp(V::NotExecutable)));
         assert!(tr.tick(t(2)).is_empty(), "inside the window");
         assert_eq!(tr.tick(t(6)).len(), 1);
         assert!(tr.tick(t(7)).is_empty(), "once");
 
-        tr.container_created(key("fine"), Identity::default(), None, t(0));
+        tr.container_created(key("fine"), t(0));
         tr.inspected(&key("fine"), None, Some(insp(V::Ok)));
         assert!(tr.tick(t(60)).is_empty());
     }
@@ -408,7 +445,7 @@ mod tests {
     #[test]
     fn uninspectable_containers_are_never_guessed() {
         let mut tr = Tracker::new("n", Windows::default());
-        tr.container_created(key("x"), Identity::default(), None, t(0));
+        tr.container_created(key("x"), t(0));
         tr.task_started(&key("x"), t(0));
         tr.task_exited(&key("x"), "x", 1, t(0));
         assert!(tr.inspected(&key("x"), None, None).is_empty());
@@ -417,7 +454,7 @@ mod tests {
     #[test]
     fn stopped_before_watch_is_diagnosed_once() {
         let mut tr = Tracker::new("n", Windows::default());
-        tr.container_created(key("a"), Identity::default(), None, t(0));
+        tr.container_created(key("a"), t(0));
         tr.inspected(&key("a"), None, Some(insp(V::MissingLoader)));
         let d = tr.task_stopped_before_watch(&key("a"), 1, Some(t(0)));
         assert_eq!(d[0].signal, Signal::StoppedBeforeWatch);
