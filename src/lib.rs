@@ -1,4 +1,5 @@
 //! archwatch
+pub mod agent;
 pub mod binfmt;
 pub mod containerd;
 pub mod diagnose;

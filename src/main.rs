@@ -31,6 +31,47 @@ enum Command {
     Inspect(InspectArgs),
     /// Lists binfmt_misc handlers and the architecture each one emulates.
     Binfmt(BinfmtArgs),
+    /// Follows containerd and diagnoses every exec-shaped start failure on this node.
+    Agent(AgentArgs),
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// containerd socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    address: PathBuf,
+    /// Namespace to watch (repeatable); default: all (k8s.io, moby, default, ...).
+    #[arg(long = "namespace")]
+    namespaces: Vec<String>,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, default_value = "0.0.0.0:9808")]
+    listen: String,
+    /// Node name for reports (in a pod: NODE_NAME from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Append one JSON line per diagnosis to this file (the incident timeline).
+    #[arg(long)]
+    journal: Option<PathBuf>,
+    /// Rotate the journal (FILE -> FILE.1) past this many bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    journal_max_bytes: u64,
+    /// Kubernetes Events: auto (in-cluster or kubeconfig when present) or off.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "off"])]
+    kube: String,
+    #[arg(long, default_value = DEFAULT_BINFMT_DIR)]
+    binfmt_dir: PathBuf,
+    /// Node architecture; default: this machine.
+    #[arg(long)]
+    node_arch: Option<String>,
+    /// Snapshotter of image views.
+    #[arg(long, default_value = "overlayfs")]
+    snapshotter: String,
+    /// Time budget of one inspection, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    inspect_timeout_ms: u64,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
 }
 
 #[derive(Args)]
@@ -87,6 +128,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => run_inspect(a),
         Command::Binfmt(a) => run_binfmt(a),
+        Command::Agent(a) => run_agent(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -200,5 +242,82 @@ fn run_binfmt(a: BinfmtArgs) -> anyhow::Result<u8> {
             report::binfmt(&table, &a.binfmt_dir.display().to_string())
         );
     }
+    Ok(0)
+}
+
+fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if a.log_json {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let node = node(a.node_arch.as_deref())?;
+    let node_name = match a.node_name {
+        Some(n) if !n.is_empty() => n,
+        _ => rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let listen = if a.listen.is_empty() || a.listen == "off" {
+        None
+    } else {
+        Some(a.listen.parse().with_context(|| {
+            format!(
+                "--listen {:?} is not an address like 0.0.0.0:9808",
+                a.listen
+            )
+        })?)
+    };
+    if a.kube == "auto" {
+        tracing::info!("Kubernetes Events are not sent by this build; the journal and metrics carry every diagnosis.");
+    }
+    let cfg = archwatch::agent::Config {
+        address: a.address,
+        namespaces: a.namespaces,
+        listen,
+        node_name,
+        journal: a.journal,
+        journal_max_bytes: a.journal_max_bytes,
+        binfmt_dir: a.binfmt_dir,
+        node,
+        snapshotter: a.snapshotter,
+        inspect_timeout: std::time::Duration::from_millis(a.inspect_timeout_ms),
+        windows: archwatch::pipeline::Windows::default(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let signals = stop.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("Stopping: draining in-flight inspections.");
+            signals.cancel();
+        });
+        archwatch::agent::run(cfg, stop, None).await
+    })?;
     Ok(0)
 }

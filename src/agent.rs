@@ -1,0 +1,1027 @@
+//! `archwatch agent`: the long-running job. One task per concern, bounded channels between
+//! them:
+//!
+//! ```text
+//! watcher (connect, subscribe, reconcile, reconnect) ──Input──► pipeline ──► jobs (inspect)
+//!                                                                  │  ▲          │
+//!                                                                  │  └─JobDone──┘
+//!                                                                  ▼
+//!                                                 Diagnosis ─► log, metrics, journal
+//! ```
+//!
+//! The watcher subscribes first and lists second, so nothing falls in the gap; duplicates
+//! are harmless (the tracker knows what it has seen). Inspections run on the blocking pool
+//! with a time budget each; one bad image never stalls the rest.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::binfmt::Table;
+use crate::containerd::event::{self, Envelope, Event};
+use crate::containerd::{self, Client, ContainerdError};
+use crate::diagnose::{Diagnosis, Identity};
+use crate::inspect::{self, Finding, Inspection, Request, Verdict};
+use crate::pipeline::{Key, Process, Tracker, Windows};
+use crate::platform::Node;
+use crate::rootfs::Rootfs;
+use crate::sinks::http::{self, Readiness};
+use crate::sinks::journal::Journal;
+use crate::sinks::metrics::{self, Metrics};
+
+/// Everything the agent is told on the command line.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub address: PathBuf,
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    pub listen: Option<SocketAddr>,
+    pub node_name: String,
+    pub journal: Option<PathBuf>,
+    pub journal_max_bytes: u64,
+    pub binfmt_dir: PathBuf,
+    pub node: Node,
+    pub snapshotter: String,
+    pub inspect_timeout: Duration,
+    pub windows: Windows,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Journal(#[from] crate::sinks::journal::JournalError),
+}
+
+/// One line of the journal.
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Record<'a> {
+    /// A container that failed to exec.
+    ExecFailure {
+        diagnosed_at: DateTime<Utc>,
+        #[serde(flatten)]
+        diagnosis: &'a Diagnosis,
+    },
+    /// A pulled image whose entrypoint will not exec here (or needs emulation).
+    Image {
+        diagnosed_at: DateTime<Utc>,
+        node: &'a str,
+        namespace: &'a str,
+        image: &'a str,
+        digest: &'a str,
+        verdict: Verdict,
+        reason: &'static str,
+        cause: &'a str,
+        fix: &'a str,
+        binary_arch: Option<String>,
+        node_arch: String,
+        #[serde(skip_serializing_if = "<[Finding]>::is_empty")]
+        findings: &'a [Finding],
+    },
+}
+
+/// What the watcher tells the pipeline.
+enum Input {
+    /// A fresh connection and everything containerd lists right after subscribing.
+    Reconciled {
+        client: Client,
+        listing: Box<Listing>,
+    },
+    Event(Envelope),
+    Disconnected,
+}
+
+#[derive(Default)]
+struct Listing {
+    images: Vec<(String, String)>,
+    containers: Vec<(String, containerd_client::services::v1::Container)>,
+    tasks: Vec<(String, containerd_client::types::v1::Process)>,
+}
+
+/// What a job reports back.
+enum Done {
+    Identified {
+        key: Key,
+        who: Box<Identity>,
+        process: Process,
+        cache_key: Option<String>,
+        layers: Vec<PathBuf>,
+    },
+    Sandbox(Key),
+    ContainerInspected {
+        key: Key,
+        cache_key: Option<String>,
+        result: Option<Arc<Inspection>>,
+    },
+    Image {
+        ns: String,
+        name: String,
+        outcome: ImageOutcome,
+    },
+}
+
+enum ImageOutcome {
+    Verdict {
+        digest: String,
+        inspection: Arc<Inspection>,
+    },
+    Failed,
+}
+
+/// What the node knows about an image.
+#[derive(Clone)]
+struct ImageRecord {
+    verdict: Verdict,
+    arch_label: &'static str,
+}
+
+/// The sinks every diagnosis goes to, fed from one value.
+struct Sinks {
+    metrics: Metrics,
+    journal: Option<Journal>,
+}
+
+impl Sinks {
+    fn exec_failure(&mut self, d: &Diagnosis) {
+        warn!(
+            namespace = d.identity.namespace(),
+            pod = d.identity.pod.as_deref().unwrap_or(""),
+            container = d.identity.container.as_deref().unwrap_or(&d.identity.container_id),
+            image = %d.identity.image,
+            verdict = %d.verdict,
+            binary_arch = d.binary_arch.as_deref().unwrap_or(""),
+            exit_code = d.exit_code,
+            "Exec failure: {}",
+            d.cause
+        );
+        self.metrics.record(d);
+        self.write(&Record::ExecFailure {
+            diagnosed_at: Utc::now(),
+            diagnosis: d,
+        });
+    }
+
+    fn write(&mut self, r: &Record) {
+        if let Some(j) = &mut self.journal {
+            if let Err(e) = j.append(r) {
+                self.metrics
+                    .inspection_errors
+                    .get_or_create(&metrics::KindLabels {
+                        kind: e.kind().into(),
+                    })
+                    .inc();
+                warn!(error = %e, "Journal write failed.");
+            }
+        }
+    }
+}
+
+/// Runs until `stop` is cancelled. Never returns because containerd went away.
+pub async fn run(
+    cfg: Config,
+    stop: CancellationToken,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<(), AgentError> {
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let registry = Arc::new(Mutex::new(registry));
+    let ready = Readiness::default();
+    metrics
+        .build_info
+        .get_or_create(&metrics::VersionLabels {
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .set(1);
+    let kernel = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    metrics
+        .node_info
+        .get_or_create(&metrics::NodeLabels {
+            arch: cfg.node.arch.to_string(),
+            kernel,
+        })
+        .set(1);
+
+    let mut server = None;
+    if let Some(addr) = cfg.listen {
+        let (local, handle) = http::serve(addr, registry.clone(), ready.clone(), stop.clone())
+            .await
+            .map_err(|source| AgentError::Listen { addr, source })?;
+        info!(address = %local, "Serving /metrics, /healthz and /readyz.");
+        if let Some(tx) = bound {
+            let _ = tx.send(local);
+        }
+        server = Some(handle);
+    }
+    let journal = match &cfg.journal {
+        Some(p) => Some(Journal::open(p, cfg.journal_max_bytes)?),
+        None => None,
+    };
+
+    let (binfmt_tx, binfmt_rx) = watch::channel(Arc::new(read_binfmt(&cfg, &metrics, true)));
+    let binfmt_task = tokio::spawn(poll_binfmt(
+        cfg.clone(),
+        metrics.clone(),
+        binfmt_tx,
+        stop.clone(),
+    ));
+
+    let (tx, rx) = mpsc::channel::<Input>(1024);
+    let watcher = tokio::spawn(watch_containerd(
+        cfg.clone(),
+        metrics.clone(),
+        tx,
+        stop.clone(),
+    ));
+    let sinks = Sinks {
+        metrics: metrics.clone(),
+        journal,
+    };
+    pipeline(cfg, rx, sinks, binfmt_rx, ready, stop.clone()).await;
+
+    let _ = watcher.await;
+    let _ = binfmt_task.await;
+    if let Some(s) = server {
+        let _ = s.await;
+    }
+    Ok(())
+}
+
+fn read_binfmt(cfg: &Config, metrics: &Metrics, first: bool) -> Table {
+    let table = match Table::read_dir(&cfg.binfmt_dir) {
+        Ok((t, errs)) => {
+            for e in errs {
+                debug!(error = %e, "Skipping a binfmt_misc entry.");
+            }
+            t
+        }
+        Err(e) => {
+            if first {
+                warn!(error = %e, "binfmt_misc is not readable; treating the node as having no handlers.");
+            }
+            Table::empty()
+        }
+    };
+    metrics.binfmt_handler_info.clear();
+    for h in &table.handlers {
+        metrics
+            .binfmt_handler_info
+            .get_or_create(&metrics::HandlerLabels {
+                name: h.name.clone(),
+                arch: h
+                    .arch
+                    .map(|a| a.label().to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+                flags: h.flags.clone(),
+                enabled: (h.enabled && table.enabled).to_string(),
+            })
+            .set(1);
+    }
+    table
+}
+
+/// procfs has no inotify: re-read the binfmt_misc table on a short period.
+async fn poll_binfmt(
+    cfg: Config,
+    metrics: Metrics,
+    tx: watch::Sender<Arc<Table>>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let t = read_binfmt(&cfg, &metrics, false);
+                if **tx.borrow() != t {
+                    info!(handlers = t.handlers.len(), "binfmt_misc table changed.");
+                    let _ = tx.send(Arc::new(t));
+                }
+            }
+        }
+    }
+}
+
+fn wanted(cfg: &Config, ns: &str) -> bool {
+    cfg.namespaces.is_empty() || cfg.namespaces.iter().any(|n| n == ns)
+}
+
+/// Connect, subscribe, list, forward; on any failure back off (capped, jittered) and redo.
+async fn watch_containerd(
+    cfg: Config,
+    metrics: Metrics,
+    tx: mpsc::Sender<Input>,
+    stop: CancellationToken,
+) {
+    let mut attempt: u32 = 0;
+    let mut ever_connected = false;
+    while !stop.is_cancelled() {
+        match session(&cfg, &metrics, &tx, &stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                metrics.containerd_connected.set(0);
+                let _ = tx.send(Input::Disconnected).await;
+                if ever_connected || attempt == 0 {
+                    warn!(error = %e, address = %cfg.address.display(), "containerd connection lost; reconnecting.");
+                }
+            }
+        }
+        if metrics.containerd_connected.get() == 0 && attempt == 0 {
+            ever_connected = true;
+        }
+        let base = Duration::from_millis(200).saturating_mul(1u32 << attempt.min(8));
+        let capped = base.min(Duration::from_secs(30));
+        let jitter = capped.mul_f64(rand::random::<f64>() * 0.5);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(capped / 2 + jitter) => {}
+        }
+        metrics.containerd_reconnects.inc();
+    }
+}
+
+/// One connection's life. `Ok` only when stopping.
+async fn session(
+    cfg: &Config,
+    metrics: &Metrics,
+    tx: &mpsc::Sender<Input>,
+    stop: &CancellationToken,
+) -> Result<(), ContainerdError> {
+    let client = Client::connect(&cfg.address, Duration::from_secs(5)).await?;
+    let mut stream = client.subscribe().await?;
+    let listing = list_everything(cfg, &client).await?;
+    metrics.containerd_connected.set(1);
+    info!(address = %cfg.address.display(), containers = listing.containers.len(), images = listing.images.len(), "Connected to containerd.");
+    if tx
+        .send(Input::Reconciled {
+            client: client.clone(),
+            listing: Box::new(listing),
+        })
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            item = stream.next() => match item {
+                Some(Ok(env)) => {
+                    metrics.containerd_events.get_or_create(&metrics::TopicLabels { topic: event::topic_label(&env.topic).into() }).inc();
+                    if !wanted(cfg, &env.namespace) {
+                        continue;
+                    }
+                    match event::decode(&env) {
+                        Ok(e) => if tx.send(Input::Event(e)).await.is_err() { return Ok(()) },
+                        Err(e) => {
+                            metrics.inspection_errors.get_or_create(&metrics::KindLabels { kind: "event_decode".into() }).inc();
+                            warn!(error = %e, "Undecodable containerd event.");
+                        }
+                    }
+                }
+                Some(Err(status)) => return Err(ContainerdError::Rpc { call: "Events.Subscribe", status: Box::new(status) }),
+                None => return Err(ContainerdError::Rpc { call: "Events.Subscribe", status: Box::new(tonic::Status::unavailable("event stream ended")) }),
+            }
+        }
+    }
+}
+
+async fn list_everything(cfg: &Config, client: &Client) -> Result<Listing, ContainerdError> {
+    let mut l = Listing::default();
+    for ns in client.namespaces().await? {
+        if !wanted(cfg, &ns) {
+            continue;
+        }
+        for i in client.images(&ns).await? {
+            l.images.push((ns.clone(), i.name));
+        }
+        for c in client.containers(&ns).await? {
+            l.containers.push((ns.clone(), c));
+        }
+        for t in client.tasks(&ns).await? {
+            l.tasks.push((ns.clone(), t));
+        }
+    }
+    Ok(l)
+}
+
+/// Task status codes of containerd's Process message.
+const TASK_RUNNING: i32 = 2;
+const TASK_STOPPED: i32 = 3;
+const TASK_PAUSED: i32 = 4;
+
+struct Pipeline {
+    cfg: Config,
+    tracker: Tracker,
+    client: Option<Client>,
+    binfmt: watch::Receiver<Arc<Table>>,
+    images: HashMap<(String, String), ImageRecord>,
+    images_in_flight: HashSet<(String, String)>,
+    /// Digests already warned about, so a re-tag does not warn again.
+    warned: HashSet<String>,
+    sinks: Sinks,
+    jobs: JoinSet<Option<Done>>,
+    ready: Readiness,
+}
+
+async fn pipeline(
+    cfg: Config,
+    mut rx: mpsc::Receiver<Input>,
+    sinks: Sinks,
+    binfmt: watch::Receiver<Arc<Table>>,
+    ready: Readiness,
+    stop: CancellationToken,
+) {
+    let mut p = Pipeline {
+        tracker: Tracker::new(&cfg.node_name, cfg.windows),
+        cfg,
+        client: None,
+        binfmt,
+        images: HashMap::new(),
+        images_in_flight: HashSet::new(),
+        warned: HashSet::new(),
+        sinks,
+        jobs: JoinSet::new(),
+        ready,
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            input = rx.recv() => match input {
+                Some(i) => p.input(i),
+                None => break,
+            },
+            Some(done) = p.jobs.join_next(), if !p.jobs.is_empty() => {
+                if let Ok(Some(d)) = done {
+                    p.done(d);
+                }
+            }
+            _ = tick.tick() => {
+                for d in p.tracker.tick(Utc::now()) {
+                    p.sinks.exec_failure(&d);
+                }
+            }
+        }
+    }
+    // Drain: let in-flight jobs finish (and remove their views), within a deadline.
+    let deadline = tokio::time::sleep(Duration::from_secs(5));
+    tokio::pin!(deadline);
+    while !p.jobs.is_empty() {
+        tokio::select! {
+            _ = &mut deadline => { p.jobs.abort_all(); break; }
+            _ = p.jobs.join_next() => {}
+        }
+    }
+    p.ready.set(false);
+}
+
+impl Pipeline {
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Disconnected => {
+                self.client = None;
+                self.ready.set(false);
+            }
+            Input::Reconciled { client, listing } => {
+                self.client = Some(client);
+                self.reconcile(*listing);
+                self.ready.set(true);
+            }
+            Input::Event(env) => self.event(env),
+        }
+    }
+
+    fn reconcile(&mut self, l: Listing) {
+        let now = Utc::now();
+        let mut seen: HashSet<Key> = HashSet::new();
+        for (ns, c) in l.containers {
+            let key = Key {
+                namespace: ns.clone(),
+                id: c.id.clone(),
+            };
+            seen.insert(key.clone());
+            if self.tracker.container_created(key.clone(), now) {
+                self.identify(key, Some(c), None);
+            }
+        }
+        for key in self.tracker.keys() {
+            if !seen.contains(&key) {
+                self.tracker.forget(&key);
+            }
+        }
+        for (ns, t) in l.tasks {
+            let key = Key {
+                namespace: ns,
+                id: t.container_id.clone(),
+            };
+            match t.status {
+                TASK_STOPPED if t.exit_status != 0 => {
+                    let at = event::timestamp(t.exited_at.as_ref());
+                    for d in self
+                        .tracker
+                        .task_stopped_before_watch(&key, t.exit_status, at)
+                    {
+                        self.sinks.exec_failure(&d);
+                    }
+                }
+                TASK_RUNNING | TASK_PAUSED | TASK_STOPPED => self.tracker.task_created(&key),
+                _ => self.tracker.task_created(&key),
+            }
+        }
+        let listed: HashSet<(String, String)> = l.images.iter().cloned().collect();
+        self.images.retain(|k, _| listed.contains(k));
+        for (ns, name) in l.images {
+            if !self.images.contains_key(&(ns.clone(), name.clone())) {
+                self.inspect_image(ns, name);
+            }
+        }
+        self.update_image_gauge();
+    }
+
+    fn event(&mut self, env: Envelope) {
+        let ns = env.namespace;
+        let at = env.timestamp.unwrap_or_else(Utc::now);
+        let key = |id: String| Key {
+            namespace: ns.clone(),
+            id,
+        };
+        let diagnoses = match env.event {
+            Event::ImageCreate { name } | Event::ImageUpdate { name } => {
+                self.images.remove(&(ns.clone(), name.clone()));
+                self.inspect_image(ns.clone(), name);
+                Vec::new()
+            }
+            Event::ImageDelete { name } => {
+                self.images.remove(&(ns.clone(), name));
+                self.update_image_gauge();
+                Vec::new()
+            }
+            Event::ContainerCreate { id, .. } => {
+                let k = key(id);
+                if self.tracker.container_created(k.clone(), at) {
+                    self.identify(k, None, None);
+                }
+                Vec::new()
+            }
+            Event::ContainerDelete { id } => self.tracker.container_deleted(&key(id), at),
+            Event::TaskCreate {
+                container_id,
+                rootfs,
+                ..
+            } => {
+                let k = key(container_id);
+                self.tracker.task_created(&k);
+                if !self.tracker.knows(&k) && self.tracker.container_created(k.clone(), at) {
+                    self.identify(k, None, Some(rootfs));
+                }
+                Vec::new()
+            }
+            Event::TaskStart { container_id, .. } => {
+                self.tracker.task_started(&key(container_id), at);
+                Vec::new()
+            }
+            Event::TaskExit {
+                container_id,
+                id,
+                exit_status,
+                exited_at,
+                ..
+            } => self.tracker.task_exited(
+                &key(container_id),
+                &id,
+                exit_status,
+                exited_at.unwrap_or(at),
+            ),
+            Event::TaskDelete { .. } | Event::Other => Vec::new(),
+        };
+        for d in diagnoses {
+            self.sinks.exec_failure(&d);
+        }
+    }
+
+    /// Reads the container record (argv, identity, layers) off the pipeline.
+    fn identify(
+        &mut self,
+        key: Key,
+        record: Option<containerd_client::services::v1::Container>,
+        rootfs: Option<Vec<containerd_client::types::Mount>>,
+    ) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let errors = self.sinks.metrics.inspection_errors.clone();
+        self.jobs.spawn(async move {
+            let c = match record {
+                Some(c) => c,
+                None => match client.container(&key.namespace, &key.id).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        errors
+                            .get_or_create(&metrics::KindLabels {
+                                kind: e.kind().into(),
+                            })
+                            .inc();
+                        debug!(container = %key.id, error = %e, "Container record unreadable.");
+                        return Some(Done::ContainerInspected {
+                            key,
+                            cache_key: None,
+                            result: None,
+                        });
+                    }
+                },
+            };
+            if containerd::is_sandbox(&c) {
+                return Some(Done::Sandbox(key));
+            }
+            let fail = |e: ContainerdError| {
+                errors
+                    .get_or_create(&metrics::KindLabels {
+                        kind: e.kind().into(),
+                    })
+                    .inc();
+                warn!(container = %c.id, error = %e, "Container cannot be inspected.");
+            };
+            let spec = match containerd::spec_process(&c) {
+                Ok(s) => s,
+                Err(e) => {
+                    fail(e);
+                    return Some(Done::ContainerInspected {
+                        key,
+                        cache_key: None,
+                        result: None,
+                    });
+                }
+            };
+            let layers = match rootfs.filter(|m| !m.is_empty()) {
+                Some(m) => containerd::mounts_layers(&m),
+                None => {
+                    client
+                        .snapshot_layers(&key.namespace, &c.snapshotter, &c.snapshot_key)
+                        .await
+                }
+            };
+            let layers = match layers {
+                Ok(l) => l,
+                Err(e) => {
+                    fail(e);
+                    return Some(Done::ContainerInspected {
+                        key,
+                        cache_key: None,
+                        result: None,
+                    });
+                }
+            };
+            let digest = client
+                .image(&key.namespace, &c.image)
+                .await
+                .ok()
+                .and_then(|i| i.target)
+                .map(|t| t.digest);
+            let label = |k: &str| c.labels.get(k).cloned();
+            let who = Identity {
+                containerd_namespace: key.namespace.clone(),
+                container_id: key.id.clone(),
+                pod: label("io.kubernetes.pod.name"),
+                pod_namespace: label("io.kubernetes.pod.namespace"),
+                pod_uid: label("io.kubernetes.pod.uid"),
+                container: label("io.kubernetes.container.name"),
+                image: c.image.clone(),
+                image_digest: digest.clone(),
+            };
+            let process = Process {
+                argv: spec.args,
+                path_env: spec.path_env,
+                cwd: spec.cwd,
+            };
+            // Same image content + same process = same verdict; without a digest, the
+            // snapshot key names the content.
+            let content = digest.unwrap_or_else(|| format!("{}/{}", c.snapshotter, c.snapshot_key));
+            let cache_key = Some(process.cache_key(&content));
+            Some(Done::Identified {
+                key,
+                who: Box::new(who),
+                process,
+                cache_key,
+                layers,
+            })
+        });
+    }
+
+    fn done(&mut self, d: Done) {
+        match d {
+            Done::Sandbox(key) => self.tracker.forget(&key),
+            Done::Identified {
+                key,
+                who,
+                process,
+                cache_key,
+                layers,
+            } => {
+                let (need, diagnoses) = self.tracker.identified(&key, *who, cache_key.as_deref());
+                for d in diagnoses {
+                    self.sinks.exec_failure(&d);
+                }
+                if need {
+                    self.inspect_container(key, process, cache_key, layers);
+                }
+            }
+            Done::ContainerInspected {
+                key,
+                cache_key,
+                result,
+            } => {
+                for d in self.tracker.inspected(&key, cache_key.as_deref(), result) {
+                    self.sinks.exec_failure(&d);
+                }
+            }
+            Done::Image { ns, name, outcome } => {
+                self.images_in_flight.remove(&(ns.clone(), name.clone()));
+                if let ImageOutcome::Verdict { digest, inspection } = outcome {
+                    let rec = ImageRecord {
+                        verdict: inspection.verdict,
+                        arch_label: inspection
+                            .binary_arch
+                            .map(|a| a.label())
+                            .unwrap_or("unknown"),
+                    };
+                    if !inspection.verdict.will_exec()
+                        || inspection.verdict == Verdict::Emulated
+                        || !inspection.findings.is_empty()
+                    {
+                        self.image_warning(&ns, &name, &digest, &inspection);
+                    }
+                    self.images.insert((ns, name), rec);
+                    self.update_image_gauge();
+                }
+            }
+        }
+    }
+
+    fn image_warning(&mut self, ns: &str, name: &str, digest: &str, i: &Inspection) {
+        if !self.warned.insert(format!("{digest}\0{}", i.verdict)) {
+            return;
+        }
+        if !i.verdict.will_exec() {
+            warn!(namespace = ns, image = name, digest, verdict = %i.verdict, "Pulled image cannot run on this node: {}", i.cause);
+        } else {
+            info!(namespace = ns, image = name, digest, verdict = %i.verdict, "Pulled image: {}", i.cause);
+        }
+        let node = self.cfg.node_name.clone();
+        self.sinks.write(&Record::Image {
+            diagnosed_at: Utc::now(),
+            node: &node,
+            namespace: ns,
+            image: name,
+            digest,
+            verdict: i.verdict,
+            reason: if i.verdict.will_exec() {
+                i.verdict.event_reason()
+            } else {
+                "IncompatibleImagePulled"
+            },
+            cause: &i.cause,
+            fix: &i.fix,
+            binary_arch: i.binary_arch.map(|a| a.to_string()),
+            node_arch: i.node_arch.to_string(),
+            findings: &i.findings,
+        });
+    }
+
+    fn update_image_gauge(&mut self) {
+        let g = &self.sinks.metrics.images_inspected;
+        g.clear();
+        for r in self.images.values() {
+            g.get_or_create(&metrics::ImageLabels {
+                verdict: r.verdict.code().into(),
+                binary_arch: r.arch_label.into(),
+            })
+            .inc();
+        }
+    }
+
+    fn inspect_container(
+        &mut self,
+        key: Key,
+        process: Process,
+        cache_key: Option<String>,
+        layers: Vec<PathBuf>,
+    ) {
+        let node = self.cfg.node.clone();
+        let table = self.binfmt.borrow().clone();
+        let timeout = self.cfg.inspect_timeout;
+        let m = self.sinks.metrics.clone();
+        self.jobs.spawn(async move {
+            let result =
+                inspect_off_runtime(layers, process, None, node, table, timeout, &m, "container")
+                    .await;
+            Some(Done::ContainerInspected {
+                key,
+                cache_key,
+                result: result.map(Arc::new),
+            })
+        });
+    }
+
+    fn inspect_image(&mut self, ns: String, name: String) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        if !self.images_in_flight.insert((ns.clone(), name.clone())) {
+            return;
+        }
+        let node = self.cfg.node.clone();
+        let table = self.binfmt.borrow().clone();
+        let timeout = self.cfg.inspect_timeout;
+        let snapshotter = self.cfg.snapshotter.clone();
+        let m = self.sinks.metrics.clone();
+        self.jobs.spawn(async move {
+            let outcome =
+                image_job(&client, &ns, &name, &snapshotter, node, table, timeout, &m).await;
+            Some(Done::Image { ns, name, outcome })
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn image_job(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    snapshotter: &str,
+    node: Node,
+    table: Arc<Table>,
+    timeout: Duration,
+    m: &Metrics,
+) -> ImageOutcome {
+    let count = |kind: &str| {
+        m.inspection_errors
+            .get_or_create(&metrics::KindLabels { kind: kind.into() })
+            .inc()
+    };
+    let target = match client.resolve_image(ns, name, &node).await {
+        Ok(t) => t,
+        Err(e @ ContainerdError::NoPlatform { .. }) => {
+            let inspection = Inspection {
+                verdict: Verdict::ArchMismatch,
+                cause: format!("{e}: this node cannot pull or run it"),
+                fix: format!("Publish the image as a multi-arch index that includes linux/{} (docker buildx build --platform ...).", node.arch),
+                symptom: Verdict::ArchMismatch.symptom(),
+                argv: Vec::new(),
+                node_arch: node.arch,
+                binary_arch: None,
+                handler: None,
+                chain: Vec::new(),
+                findings: vec![Finding { code: "index_lacks_node_platform", detail: e.to_string() }],
+                bytes_read: 0,
+            };
+            let digest = client
+                .image(ns, name)
+                .await
+                .ok()
+                .and_then(|i| i.target)
+                .map(|t| t.digest)
+                .unwrap_or_default();
+            return ImageOutcome::Verdict {
+                digest,
+                inspection: Arc::new(inspection),
+            };
+        }
+        Err(e) => {
+            count(e.kind());
+            debug!(image = name, error = %e, "Image cannot be resolved.");
+            return ImageOutcome::Failed;
+        }
+    };
+    let Some(chain) = target.config.chain_id() else {
+        count("image_no_layers");
+        return ImageOutcome::Failed;
+    };
+    // /images/create comes before the unpack: wait for the snapshot to exist.
+    let mut delay = Duration::from_millis(200);
+    let view = loop {
+        match client.open_view(ns, snapshotter, &chain).await {
+            Ok(v) => break v,
+            Err(e) if e.is_not_found() && delay < Duration::from_secs(30) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => {
+                count(e.kind());
+                debug!(image = name, error = %e, "Image snapshot cannot be viewed.");
+                return ImageOutcome::Failed;
+            }
+        }
+    };
+    let process = Process {
+        argv: target.config.argv(),
+        path_env: target.config.path_env(),
+        cwd: target.config.cwd(),
+    };
+    let mut findings = Vec::new();
+    if !target.index_platforms.is_empty() {
+        debug!(image = name, platforms = %target.index_platforms.join(","), "Index platforms.");
+    }
+    let claimed = target.config.arch();
+    let result = inspect_off_runtime(
+        view.layers.clone(),
+        process,
+        claimed,
+        node,
+        table,
+        timeout,
+        m,
+        "image",
+    )
+    .await;
+    client.close_view(view).await;
+    match result {
+        Some(mut i) => {
+            i.findings.append(&mut findings);
+            ImageOutcome::Verdict {
+                digest: target.target_digest,
+                inspection: Arc::new(i),
+            }
+        }
+        None => ImageOutcome::Failed,
+    }
+}
+
+/// Runs one inspection on the blocking pool within `timeout`; errors are counted by kind.
+#[allow(clippy::too_many_arguments)]
+async fn inspect_off_runtime(
+    layers: Vec<PathBuf>,
+    process: Process,
+    claimed: Option<crate::platform::Arch>,
+    node: Node,
+    table: Arc<Table>,
+    timeout: Duration,
+    m: &Metrics,
+    target: &'static str,
+) -> Option<Inspection> {
+    if process.argv.is_empty() {
+        m.inspection_errors
+            .get_or_create(&metrics::KindLabels {
+                kind: "empty_argv".into(),
+            })
+            .inc();
+        return None;
+    }
+    let started = Instant::now();
+    let job = tokio::task::spawn_blocking(move || -> Result<Inspection, inspect::InspectError> {
+        let root = Rootfs::new(layers)?;
+        let req = Request {
+            argv: &process.argv,
+            path_env: process.path_env.as_deref(),
+            cwd: &process.cwd,
+            claimed_arch: claimed,
+        };
+        inspect::inspect(
+            &root,
+            &req,
+            inspect::Context {
+                node: &node,
+                binfmt: &table,
+            },
+        )
+    });
+    let r = tokio::time::timeout(timeout, job).await;
+    m.inspection_duration
+        .get_or_create(&metrics::TargetLabels {
+            target: target.into(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    let kind = match r {
+        Ok(Ok(Ok(i))) => return Some(i),
+        Ok(Ok(Err(e))) => {
+            debug!(error = %e, "Inspection failed.");
+            e.kind()
+        }
+        Ok(Err(_)) => "inspection_panicked",
+        Err(_) => "inspection_timeout",
+    };
+    m.inspection_errors
+        .get_or_create(&metrics::KindLabels { kind: kind.into() })
+        .inc();
+    None
+}
