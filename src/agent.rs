@@ -361,6 +361,11 @@ async fn watch_containerd(
 }
 
 /// One connection's life. `Ok` only when stopping.
+///
+/// containerd (grpc-go) sends the response headers of `Subscribe` with the first event, so
+/// the call cannot be awaited before listing. It is sent first, on the same connection, and
+/// awaited after the listing; the handler registers the subscriber on arrival, before the
+/// list calls that follow it are answered.
 async fn session(
     cfg: &Config,
     metrics: &Metrics,
@@ -368,7 +373,19 @@ async fn session(
     stop: &CancellationToken,
 ) -> Result<(), ContainerdError> {
     let client = Client::connect(&cfg.address, Duration::from_secs(5)).await?;
-    let mut stream = client.subscribe().await?;
+    let sub_client = client.clone();
+    let mut subscribe = tokio::spawn(async move { sub_client.subscribe().await });
+    // Let the request reach containerd before the listing requests do.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    if subscribe.is_finished() {
+        // Failed at once (or an event already came): surface errors now.
+        if let Ok(Err(e)) = (&mut subscribe).await {
+            return Err(e);
+        }
+        subscribe = tokio::spawn(async move {
+            Err(ContainerdError::Missing("subscription (already consumed)"))
+        });
+    }
     let listing = list_everything(cfg, &client).await?;
     metrics.containerd_connected.set(1);
     info!(address = %cfg.address.display(), containers = listing.containers.len(), images = listing.images.len(), "Connected to containerd.");
@@ -382,6 +399,13 @@ async fn session(
     {
         return Ok(());
     }
+    let mut stream = tokio::select! {
+        _ = stop.cancelled() => { subscribe.abort(); return Ok(()) }
+        r = &mut subscribe => match r {
+            Ok(r) => r?,
+            Err(_) => return Err(ContainerdError::Missing("subscription task")),
+        },
+    };
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -531,10 +555,14 @@ impl Pipeline {
             }
         }
         for (ns, t) in l.tasks {
-            let key = Key {
-                namespace: ns,
-                id: t.container_id.clone(),
+            // containerd 1.6 leaves container_id empty in Tasks.List; the init process's id
+            // is the container's.
+            let id = if t.container_id.is_empty() {
+                t.id.clone()
+            } else {
+                t.container_id.clone()
             };
+            let key = Key { namespace: ns, id };
             match t.status {
                 TASK_STOPPED if t.exit_status != 0 => {
                     let at = event::timestamp(t.exited_at.as_ref());

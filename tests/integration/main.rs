@@ -1,4 +1,5 @@
 //! The integration suite: real containerd, runc, binaries from Debian packages.
 
+mod agent;
 mod e2e;
 mod support;
