@@ -5,6 +5,7 @@ pub mod containerd;
 pub mod diagnose;
 pub mod image;
 pub mod inspect;
+pub mod lab;
 pub mod oci;
 pub mod pipeline;
 pub mod platform;

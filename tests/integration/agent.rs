@@ -9,7 +9,7 @@ use crate::support::{self, agent::Agent, containerd::Containerd};
 
 const NS: &str = "k8s.io";
 
-fn import(ctd: &Containerd, dir: &std::path::Path, tag: &str, spec: &ImageSpec) {
+fn import(ctd: &mut Containerd, dir: &std::path::Path, tag: &str, spec: &ImageSpec) {
     let mut l = Layout::new();
     let m = l.add_image(spec).unwrap();
     l.tag(tag, &m);
@@ -49,7 +49,7 @@ fn agent_diagnoses_real_failures_and_survives_containerd_restarts() {
 
     // Before the agent: an arm64 image whose container fails while nobody watches.
     import(
-        &ctd,
+        &mut ctd,
         work.path(),
         "archwatch.test/before:v1",
         &ImageSpec::new(
@@ -183,7 +183,7 @@ fn agent_diagnoses_real_failures_and_survives_containerd_restarts() {
     ];
     for (name, spec, _) in &cases {
         import(
-            &ctd,
+            &mut ctd,
             work.path(),
             &format!("archwatch.test/{name}:v1"),
             spec,
