@@ -78,6 +78,21 @@ enum Record<'a> {
         #[serde(flatten)]
         diagnosis: &'a Diagnosis,
     },
+    /// A container whose entrypoint runs only through a binfmt_misc emulator.
+    Emulated {
+        diagnosed_at: DateTime<Utc>,
+        node: &'a str,
+        #[serde(flatten)]
+        identity: &'a Identity,
+        argv: &'a [String],
+        verdict: Verdict,
+        reason: &'static str,
+        handler: Option<&'a str>,
+        binary_arch: Option<String>,
+        node_arch: String,
+        cause: &'a str,
+        fix: &'a str,
+    },
     /// A pulled image whose entrypoint will not exec here (or needs emulation).
     Image {
         diagnosed_at: DateTime<Utc>,
@@ -772,6 +787,8 @@ impl Pipeline {
                 }
                 if need {
                     self.inspect_container(key, process, cache_key, layers);
+                } else {
+                    self.note_emulated(&key);
                 }
             }
             Done::ContainerInspected {
@@ -804,6 +821,39 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// A container that will run only under emulation: said once, when its verdict lands.
+    fn note_emulated(&mut self, key: &Key) {
+        let Some((who, i)) = self.tracker.verdict(key) else {
+            return;
+        };
+        if i.verdict != Verdict::Emulated {
+            return;
+        }
+        let who = who.clone();
+        info!(
+            namespace = who.namespace(),
+            pod = who.pod.as_deref().unwrap_or(""),
+            container = who.container.as_deref().unwrap_or(&who.container_id),
+            handler = i.handler.as_deref().unwrap_or(""),
+            "Container runs under emulation: {}",
+            i.cause
+        );
+        let node = self.cfg.node_name.clone();
+        self.sinks.write(&Record::Emulated {
+            diagnosed_at: Utc::now(),
+            node: &node,
+            identity: &who,
+            argv: &i.argv,
+            verdict: i.verdict,
+            reason: i.verdict.event_reason(),
+            handler: i.handler.as_deref(),
+            binary_arch: i.binary_arch.map(|a| a.to_string()),
+            node_arch: i.node_arch.to_string(),
+            cause: &i.cause,
+            fix: &i.fix,
+        });
     }
 
     fn image_warning(&mut self, ns: &str, name: &str, digest: &str, i: &Inspection) {

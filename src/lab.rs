@@ -241,3 +241,150 @@ impl Drop for Containerd {
         self.cleanup_mounts();
     }
 }
+
+/// A registry on loopback (Debian's docker-registry), storage in a temp dir.
+pub struct Registry {
+    _dir: tempfile::TempDir,
+    pub addr: String,
+    child: Child,
+}
+
+impl Registry {
+    pub fn start() -> Result<Registry, LabError> {
+        let dir = tempfile::Builder::new()
+            .prefix("archwatch-registry-")
+            .tempdir()
+            .map_err(io("temp dir"))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(io("free port"))?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(&cfg, config).map_err(io("registry config"))?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(io(
+                "starting docker-registry (scripts/install-deps installs it)",
+            ))?;
+        let r = Registry {
+            _dir: dir,
+            addr,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(&r.addr).is_ok() {
+                return Ok(r);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(LabError::Command {
+            cmd: "docker-registry serve".into(),
+            stderr: "did not listen within 15 s".into(),
+        })
+    }
+
+    /// `skopeo copy` an OCI archive (tag `tag` inside it) to `repo:tag` here, plain HTTP.
+    pub fn push(&self, archive: &Path, tag: &str, repo: &str) -> Result<String, LabError> {
+        let reference = format!("{}/{repo}:{tag}", self.addr);
+        let out = Command::new("skopeo")
+            .args(["copy", "--all", "--dest-tls-verify=false"])
+            .arg(format!("oci-archive:{}:{tag}", archive.display()))
+            .arg(format!("docker://{reference}"))
+            .output()
+            .map_err(io("running skopeo"))?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                cmd: format!("skopeo copy to {reference}"),
+                stderr: String::from_utf8_lossy(&out.stderr).into(),
+            });
+        }
+        Ok(reference)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// binfmt_misc, mounted for the duration when it was not.
+pub struct BinfmtMount {
+    mounted_here: bool,
+}
+
+pub const BINFMT_DIR: &str = "/proc/sys/fs/binfmt_misc";
+
+impl BinfmtMount {
+    pub fn ensure() -> Result<BinfmtMount, LabError> {
+        if Path::new(BINFMT_DIR).join("status").exists() {
+            return Ok(BinfmtMount {
+                mounted_here: false,
+            });
+        }
+        let out = Command::new("mount")
+            .args(["-t", "binfmt_misc", "binfmt_misc", BINFMT_DIR])
+            .output()
+            .map_err(io("mount"))?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                cmd: "mount -t binfmt_misc".into(),
+                stderr: String::from_utf8_lossy(&out.stderr).into(),
+            });
+        }
+        Ok(BinfmtMount { mounted_here: true })
+    }
+}
+
+impl Drop for BinfmtMount {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            let _ = Command::new("umount").arg(BINFMT_DIR).status();
+        }
+    }
+}
+
+/// A binfmt_misc handler registered under a unique name; unregistered on drop.
+pub struct BinfmtHandler {
+    pub name: String,
+}
+
+impl BinfmtHandler {
+    /// Registers `:name:M:offset:magic:mask:interpreter:flags` (bytes escaped as `\xHH`).
+    pub fn register(
+        name: &str,
+        magic: &[u8],
+        mask: &[u8],
+        interpreter: &str,
+        flags: &str,
+    ) -> Result<BinfmtHandler, LabError> {
+        let esc = |b: &[u8]| b.iter().map(|x| format!("\\x{x:02x}")).collect::<String>();
+        let line = format!(
+            ":{name}:M:0:{}:{}:{interpreter}:{flags}",
+            esc(magic),
+            esc(mask)
+        );
+        std::fs::write(Path::new(BINFMT_DIR).join("register"), line)
+            .map_err(io(format!("registering binfmt_misc handler {name}")))?;
+        Ok(BinfmtHandler {
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for BinfmtHandler {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Path::new(BINFMT_DIR).join(&self.name), "-1");
+    }
+}

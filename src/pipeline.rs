@@ -176,6 +176,15 @@ impl Tracker {
         self.containers.remove(key);
     }
 
+    /// Who a tracked container is and its verdict, when known.
+    pub fn verdict(&self, key: &Key) -> Option<(&Identity, Arc<Inspection>)> {
+        let c = self.containers.get(key)?;
+        match &c.verdict {
+            Verdict::Known(i) => Some((&c.who, i.clone())),
+            _ => None,
+        }
+    }
+
     /// Keys currently tracked.
     pub fn keys(&self) -> Vec<Key> {
         self.containers.keys().cloned().collect()
