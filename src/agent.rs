@@ -321,7 +321,7 @@ async fn poll_binfmt(
     tx: watch::Sender<Arc<Table>>,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -521,6 +521,7 @@ async fn pipeline(
                     p.sinks.exec_failure(&d);
                 }
             }
+            Ok(()) = p.binfmt.changed() => p.binfmt_changed(),
         }
     }
     // Drain: let in-flight jobs finish (and remove their views), within a deadline.
@@ -789,6 +790,7 @@ impl Pipeline {
                     self.inspect_container(key, process, cache_key, layers);
                 } else {
                     self.note_emulated(&key);
+                    self.tracker.reap_deleted(&key);
                 }
             }
             Done::ContainerInspected {
@@ -799,6 +801,8 @@ impl Pipeline {
                 for d in self.tracker.inspected(&key, cache_key.as_deref(), result) {
                     self.sinks.exec_failure(&d);
                 }
+                self.note_emulated(&key);
+                self.tracker.reap_deleted(&key);
             }
             Done::Image { ns, name, outcome } => {
                 self.images_in_flight.remove(&(ns.clone(), name.clone()));
@@ -820,6 +824,17 @@ impl Pipeline {
                     self.update_image_gauge();
                 }
             }
+        }
+    }
+
+    /// A handler came or went: cached verdicts may be wrong, and every image on the node is
+    /// judged again (a removed handler turns `emulated` into `arch_mismatch` before any pod
+    /// restarts).
+    fn binfmt_changed(&mut self) {
+        self.tracker.clear_cache();
+        let images: Vec<(String, String)> = self.images.keys().cloned().collect();
+        for (ns, name) in images {
+            self.inspect_image(ns, name);
         }
     }
 
@@ -1017,8 +1032,18 @@ async fn image_job(
         cwd: target.config.cwd(),
     };
     let mut findings = Vec::new();
-    if !target.index_platforms.is_empty() {
-        debug!(image = name, platforms = %target.index_platforms.join(","), "Index platforms.");
+    let config_arch = target.config.arch();
+    if target.index_platforms.is_empty()
+        && config_arch.is_some_and(|a| node.nativity(a) != crate::platform::Nativity::Native)
+    {
+        findings.push(Finding {
+            code: "single_arch_image",
+            detail: format!(
+                "{name} points to a single linux/{} image, not a multi-arch index; deploy by the digest of an index that includes linux/{}",
+                config_arch.map(|a| a.to_string()).unwrap_or_default(),
+                node.arch
+            ),
+        });
     }
     let claimed = target.config.arch();
     let result = inspect_off_runtime(

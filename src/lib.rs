@@ -2,6 +2,7 @@
 pub mod agent;
 pub mod binfmt;
 pub mod containerd;
+pub mod demo;
 pub mod diagnose;
 pub mod image;
 pub mod inspect;

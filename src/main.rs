@@ -33,6 +33,19 @@ enum Command {
     Binfmt(BinfmtArgs),
     /// Follows containerd and diagnoses every exec-shaped start failure on this node.
     Agent(AgentArgs),
+    /// Reproduces the classic incidents on a private containerd and shows the diagnoses.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where scripts/fixtures put Debian's foreign-architecture binaries.
+    #[arg(
+        long,
+        env = "ARCHWATCH_FIXTURES",
+        default_value = "/var/cache/archwatch-fixtures"
+    )]
+    fixtures: PathBuf,
 }
 
 #[derive(Args)]
@@ -129,6 +142,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => run_inspect(a),
         Command::Binfmt(a) => run_binfmt(a),
         Command::Agent(a) => run_agent(a),
+        Command::Demo(a) => run_demo(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -318,6 +332,40 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
             signals.cancel();
         });
         archwatch::agent::run(cfg, stop, None).await
+    })?;
+    Ok(0)
+}
+
+fn run_demo(a: DemoArgs) -> anyhow::Result<u8> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let signals = stop.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("archwatch demo: interrupted, cleaning up");
+            signals.cancel();
+        });
+        archwatch::demo::run(a.fixtures, stop).await
     })?;
     Ok(0)
 }

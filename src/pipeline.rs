@@ -65,6 +65,8 @@ struct Container {
     started_at: Option<DateTime<Utc>>,
     pending: Option<Exit>,
     diagnosed: bool,
+    /// Deleted before its verdict arrived: kept until then so the failure is not lost.
+    deleted: bool,
 }
 
 /// Timing rules.
@@ -139,6 +141,7 @@ impl Tracker {
                 started_at: None,
                 pending: None,
                 diagnosed: false,
+                deleted: false,
             },
         );
         true
@@ -169,6 +172,23 @@ impl Tracker {
             }
             None => (true, Vec::new()),
         }
+    }
+
+    /// Drops a container that was deleted while its verdict was pending, once the verdict
+    /// has been used.
+    pub fn reap_deleted(&mut self, key: &Key) {
+        if self
+            .containers
+            .get(key)
+            .is_some_and(|c| c.deleted && !matches!(c.verdict, Verdict::Pending))
+        {
+            self.containers.remove(key);
+        }
+    }
+
+    /// Forgets every cached verdict (the binfmt_misc table changed, so they may be wrong).
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
     }
 
     /// Stops tracking without diagnosing (a sandbox, or gone while the agent was away).
@@ -289,6 +309,15 @@ impl Tracker {
         let Some(mut c) = self.containers.remove(key) else {
             return Vec::new();
         };
+        if matches!(c.verdict, Verdict::Pending) {
+            // Its files are still being read (a fast `--rm` run): keep it until they are.
+            if !c.task_created && c.pending.is_none() {
+                c.pending = Some(never_created(now));
+            }
+            c.deleted = true;
+            self.containers.insert(key.clone(), c);
+            return Vec::new();
+        }
         if c.task_created || c.diagnosed {
             return Vec::new();
         }
@@ -449,6 +478,27 @@ mod tests {
         tr.container_created(key("fine"), t(0));
         tr.inspected(&key("fine"), None, Some(insp(V::Ok)));
         assert!(tr.tick(t(60)).is_empty());
+    }
+
+    #[test]
+    fn a_container_deleted_before_its_verdict_is_still_diagnosed() {
+        let mut tr = Tracker::new("n", Windows::default());
+        // Ran, failed and was removed (ctr run --rm) before its files were read.
+        tr.container_created(key("fast"), t(0));
+        tr.task_started(&key("fast"), t(0));
+        assert!(tr.task_exited(&key("fast"), "fast", 1, t(0)).is_empty());
+        assert!(tr.container_deleted(&key("fast"), t(0)).is_empty());
+        tr.identified(&key("fast"), Identity::default(), None);
+        let d = tr.inspected(&key("fast"), None, Some(insp(V::ArchMismatch)));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].signal, Signal::TaskExit);
+        tr.reap_deleted(&key("fast"));
+        assert!(tr.is_empty());
+        // Refused at create and removed before its files were read.
+        tr.container_created(key("refused"), t(0));
+        assert!(tr.container_deleted(&key("refused"), t(1)).is_empty());
+        let d = tr.inspected(&key("refused"), None, Some(insp(V::NotFound)));
+        assert_eq!(d[0].signal, Signal::TaskNeverCreated);
     }
 
     #[test]

@@ -144,7 +144,7 @@ pub fn inspect(root: &Rootfs, req: &Request, ctx: Context) -> Result<Inspection,
             w.findings.push(Finding {
                 code: "config_arch_mismatch",
                 detail: format!(
-                    "the image config says {claimed} but {} is a {real} binary: the metadata lies, the kernel tells the truth",
+                    "the image config says {claimed} but {} is a linux/{real} binary: the metadata lies, the kernel tells the truth",
                     d.file
                 ),
             });
@@ -492,7 +492,7 @@ impl Walk<'_> {
                         Verdict::EmulatorMissing,
                         &path,
                         format!(
-                            "{path} is a {arch_s} binary; binfmt_misc handler {} takes it but was registered without the F flag, so the kernel looks for {} inside the container, where it does not exist",
+                            "{path} is a linux/{arch_s} binary; binfmt_misc handler {} takes it but was registered without the F flag, so the kernel looks for {} inside the container, where it does not exist",
                             h.name, h.interpreter
                         ),
                         format!("Register the {} handler with the F (fix-binary) flag, or better publish a {} image.", h.name, self.node()),
@@ -508,7 +508,7 @@ impl Walk<'_> {
         Ok(Decision::new(
             Verdict::Emulated,
             &path,
-            format!("{path} is a {arch_s} binary on a {} node; it runs only because binfmt_misc handler {} emulates it with {}", self.node(), h.name, h.interpreter),
+            format!("{path} is a linux/{arch_s} binary on a {} node; it runs only because binfmt_misc handler {} emulates it with {}", self.node(), h.name, h.interpreter),
             format!("Publish a multi-arch image that includes {}: emulation is slow and fails on any node without the {} handler.", self.node(), h.name),
         )
         .arch(arch))
@@ -726,7 +726,7 @@ impl Walk<'_> {
                 Verdict::UnknownFormat,
                 path,
                 format!(
-                    "{path} is a {} ELF file the kernel refuses to load: {why}",
+                    "{path} is a linux/{} ELF file the kernel refuses to load: {why}",
                     info.arch
                 ),
                 format!("Rebuild {path} as a Linux executable for {}.", self.node()),
@@ -834,10 +834,10 @@ impl Walk<'_> {
                 let other_libc = self.other_libc(info)?;
                 let cause = match (libc, &other_libc) {
                     (Libc::Glibc | Libc::Musl, Some((other, loader))) => format!(
-                        "{path} is a {} binary linked against {} (loader {interp}), but the image ships {} (loader {loader}) instead",
+                        "{path} is a linux/{} binary linked against {} (loader {interp}), but the image ships {} (loader {loader}) instead",
                         info.arch, libc.name(), other.name()
                     ),
-                    _ => format!("{path} is a dynamically linked {} binary and its loader {interp} does not exist in the image", info.arch),
+                    _ => format!("{path} is a dynamically linked linux/{} binary and its loader {interp} does not exist in the image", info.arch),
                 };
                 let fix = match (libc, other_libc) {
                     (Libc::Glibc, Some(_)) => "Build the binary for musl or statically (CGO_ENABLED=0 for Go, target *-linux-musl for Rust), or use a glibc base image (Debian, Ubuntu, distroless) instead of Alpine.".to_string(),

@@ -1,5 +1,6 @@
 //! The integration suite: real containerd, runc, binaries from Debian packages.
 
 mod agent;
+mod demo;
 mod e2e;
 mod support;
