@@ -43,6 +43,7 @@ fn failure_for(a: &Agent, pod: &str) -> Option<serde_json::Value> {
 
 #[test]
 fn agent_diagnoses_real_failures_and_survives_containerd_restarts() {
+    let _binfmt = support::binfmt_shared();
     let mut ctd = Containerd::start();
     let work = tempfile::tempdir().unwrap();
     let bb = |arch: &str| Item::file("/bin/busybox", support::busybox(arch), 0o755);

@@ -303,6 +303,7 @@ fn live_binfmt_handlers() -> bool {
 
 #[test]
 fn verdicts_match_what_the_kernel_does() {
+    let _binfmt = support::binfmt_shared();
     let mut ctd = Containerd::start();
     let work = tempfile::tempdir().unwrap();
     let handlers = live_binfmt_handlers();

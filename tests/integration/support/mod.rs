@@ -86,3 +86,19 @@ pub fn materialize(layers: &[archwatch::oci::Layer], dir: &std::path::Path) -> V
     out.reverse();
     out
 }
+
+/// binfmt_misc is machine-wide: tests that register handlers hold this for writing, tests
+/// whose expectations assume the handler table does not change under them hold it for
+/// reading.
+pub fn binfmt_lock() -> &'static std::sync::RwLock<()> {
+    static LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+    &LOCK
+}
+
+pub fn binfmt_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    binfmt_lock().read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn binfmt_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    binfmt_lock().write().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,119 @@
+//! Time to diagnosis on a real containerd: N containers fail with `exec format error`; for
+//! each, the time from containerd's `/tasks/exit` timestamp (`exited_at`) to the agent's
+//! journal line (`diagnosed_at`). Also the agent's resident memory.
+//!
+//! Run: `cargo bench --bench diagnosis` (as root; N from ARCHWATCH_BENCH_N, default 60).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use archwatch::oci::{ImageSpec, Item, Layer, Layout};
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let n: usize = std::env::var("ARCHWATCH_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let fixtures = std::env::var("ARCHWATCH_FIXTURES")
+        .unwrap_or_else(|_| "/var/cache/archwatch-fixtures".into());
+    let arm64 =
+        std::fs::read(format!("{fixtures}/busybox-arm64")).expect("run scripts/fixtures first");
+    let mut ctd = archwatch::lab::Containerd::start().expect("containerd");
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut l = Layout::new();
+    let m = l
+        .add_image(&ImageSpec::new(
+            "arm64",
+            &["/bin/busybox", "true"],
+            vec![Layer(vec![Item::file("/bin/busybox", arm64, 0o755)])],
+        ))
+        .expect("image");
+    l.tag("bench.example/wrong-arch:v1", &m);
+    let archive = work.path().join("img.tar");
+    l.write_archive(&archive).expect("archive");
+    ctd.import("k8s.io", &archive).expect("import");
+
+    let journal = work.path().join("journal.jsonl");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_archwatch"))
+        .args(["agent", "--kube", "off", "--listen", "off", "--address"])
+        .arg(&ctd.socket)
+        .arg("--journal")
+        .arg(&journal)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_rss = rss_kib(agent.id(), "VmRSS:");
+
+    let started = Instant::now();
+    for i in 0..n {
+        let labels = [
+            ("io.kubernetes.pod.name", format!("crashloop-{i}")),
+            ("io.kubernetes.pod.namespace", "bench".to_string()),
+        ];
+        let lbl: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        ctd.run(
+            "k8s.io",
+            "bench.example/wrong-arch:v1",
+            &format!("c{i}"),
+            &lbl,
+            Duration::from_secs(30),
+        )
+        .expect("run");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|l: &serde_json::Value| l["kind"] == "exec_failure")
+            .collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let peak_rss = rss_kib(agent.id(), "VmHWM:");
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    let mut ms: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| {
+            let exited = chrono::DateTime::parse_from_rfc3339(l["exited_at"].as_str()?).ok()?;
+            let diagnosed =
+                chrono::DateTime::parse_from_rfc3339(l["diagnosed_at"].as_str()?).ok()?;
+            Some((diagnosed - exited).num_microseconds()? as f64 / 1000.0)
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "diagnosis: {} of {n} failing containers diagnosed in {:.1} s of churn",
+        ms.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if !ms.is_empty() {
+        println!(
+            "diagnosis: /tasks/exit -> journal line: median {:.2} ms, p99 {:.2} ms, worst {:.2} ms",
+            pct(0.5),
+            pct(0.99),
+            ms[ms.len() - 1]
+        );
+    }
+    println!(
+        "diagnosis: agent RSS idle {} KiB, peak {} KiB",
+        idle_rss, peak_rss
+    );
+}
