@@ -93,8 +93,20 @@ struct InspectArgs {
     #[arg(long, conflicts_with = "layers")]
     rootfs: Option<PathBuf>,
     /// Overlay layers, top first: TOP:...:BOTTOM.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "image")]
     layers: Option<String>,
+    /// An image in containerd (its files are read through a read-only snapshot view).
+    #[arg(long, conflicts_with = "rootfs")]
+    image: Option<String>,
+    /// containerd socket, with --image.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    address: PathBuf,
+    /// containerd namespace, with --image.
+    #[arg(long, default_value = "k8s.io")]
+    namespace: String,
+    /// Snapshotter of the view, with --image.
+    #[arg(long, default_value = "overlayfs")]
+    snapshotter: String,
     /// Node architecture (OCI or uname name); default: this machine.
     #[arg(long)]
     node_arch: Option<String>,
@@ -104,9 +116,9 @@ struct InspectArgs {
     /// Process environment, KEY=VALUE (PATH is used for the lookup of a bare argv[0]).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(long, default_value = "/")]
-    workdir: String,
+    /// Working directory inside the container (default: the image's, else /).
+    #[arg(long)]
+    workdir: Option<String>,
     /// Architecture the image config claims (reports config_arch_mismatch when it lies).
     #[arg(long)]
     claimed_arch: Option<String>,
@@ -187,18 +199,6 @@ fn binfmt_table(dir: Option<&PathBuf>) -> anyhow::Result<(Table, Option<String>)
 }
 
 fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
-    let layers: Vec<PathBuf> = match (&a.rootfs, &a.layers) {
-        (Some(r), None) => vec![r.clone()],
-        (None, Some(l)) => l
-            .split(':')
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-            .collect(),
-        _ => bail!("give the container root with --rootfs DIR or --layers TOP:...:BOTTOM"),
-    };
-    if a.argv.is_empty() {
-        bail!("give the command after --, e.g. archwatch inspect --rootfs DIR -- /app --flag");
-    }
     let node = node(a.node_arch.as_deref())?;
     let (table, binfmt_note) = binfmt_table(a.binfmt_dir.as_ref())?;
     let mut path_env = None;
@@ -210,25 +210,68 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
             path_env = Some(v.to_string());
         }
     }
-    let claimed_arch = match &a.claimed_arch {
+    let mut claimed_arch = match &a.claimed_arch {
         Some(c) => Some(Arch::parse(c).with_context(|| format!("unknown architecture {c:?}"))?),
         None => None,
     };
-    let root = Rootfs::new(layers)?;
-    let req = Request {
-        argv: &a.argv,
-        path_env: path_env.as_deref(),
-        cwd: &a.workdir,
-        claimed_arch,
+    let mut argv = a.argv.clone();
+    let mut cwd = a.workdir.clone();
+    // With --image: the files come from a read-only view of the image's top snapshot.
+    let mut view = None;
+    let layers: Vec<PathBuf> = match (&a.rootfs, &a.layers, &a.image) {
+        (Some(r), None, None) => vec![r.clone()],
+        (None, Some(l), None) => l
+            .split(':')
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+        (None, None, Some(image)) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (client, target, v) = rt.block_on(async {
+                let client = archwatch::containerd::Client::connect(
+                    &a.address,
+                    std::time::Duration::from_secs(5),
+                )
+                .await?;
+                let target = client.resolve_image(&a.namespace, image, &node).await?;
+                let chain = target
+                    .config
+                    .chain_id()
+                    .context("the image config lists no layers")?;
+                let v = client
+                    .open_view(&a.namespace, &a.snapshotter, &chain)
+                    .await?;
+                anyhow::Ok((client, target, v))
+            })?;
+            if argv.is_empty() {
+                argv = target.config.argv();
+            }
+            path_env = path_env.or_else(|| target.config.path_env());
+            cwd = cwd.or_else(|| Some(target.config.cwd()));
+            claimed_arch = claimed_arch.or_else(|| target.config.arch());
+            let layers = v.layers.clone();
+            view = Some((rt, client, v));
+            layers
+        }
+        _ => bail!(
+            "give the container root with --rootfs DIR, --layers TOP:...:BOTTOM or --image REF"
+        ),
     };
-    let mut result = inspect::inspect(
-        &root,
-        &req,
-        inspect::Context {
-            node: &node,
-            binfmt: &table,
-        },
-    )?;
+    let result = inspect_layers(
+        layers,
+        &argv,
+        path_env.as_deref(),
+        cwd.as_deref().unwrap_or("/"),
+        claimed_arch,
+        &node,
+        &table,
+    );
+    if let Some((rt, client, v)) = view {
+        rt.block_on(client.close_view(v));
+    }
+    let mut result = result?;
     if let Some(n) = binfmt_note {
         result.findings.push(inspect::Finding {
             code: "binfmt_unavailable",
@@ -241,6 +284,35 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
         print!("{}", report::inspection(&result, &node));
     }
     Ok(u8::try_from(result.verdict.exit_code()).unwrap_or(1))
+}
+
+fn inspect_layers(
+    layers: Vec<PathBuf>,
+    argv: &[String],
+    path_env: Option<&str>,
+    cwd: &str,
+    claimed_arch: Option<Arch>,
+    node: &Node,
+    table: &Table,
+) -> anyhow::Result<inspect::Inspection> {
+    if argv.is_empty() {
+        bail!("give the command after --, e.g. archwatch inspect --rootfs DIR -- /app --flag");
+    }
+    let root = Rootfs::new(layers)?;
+    let req = Request {
+        argv,
+        path_env,
+        cwd,
+        claimed_arch,
+    };
+    Ok(inspect::inspect(
+        &root,
+        &req,
+        inspect::Context {
+            node,
+            binfmt: table,
+        },
+    )?)
 }
 
 fn run_binfmt(a: BinfmtArgs) -> anyhow::Result<u8> {

@@ -325,3 +325,59 @@ fn agent_diagnoses_real_failures_and_survives_containerd_restarts() {
     let snaps = String::from_utf8_lossy(&ctd.ctr_ns(NS, &["snapshots", "ls"]).stdout).to_string();
     assert!(!snaps.contains("archwatch-view"), "views left: {snaps}");
 }
+
+#[test]
+fn inspect_an_image_in_containerd_through_a_view() {
+    let _binfmt = support::binfmt_shared();
+    let mut ctd = Containerd::start();
+    let work = tempfile::tempdir().unwrap();
+    import(
+        &mut ctd,
+        work.path(),
+        "archwatch.test/lies:v1",
+        &ImageSpec::new(
+            "amd64",
+            &["/app", "true"],
+            vec![Layer(vec![Item::file(
+                "/app",
+                support::busybox("arm64"),
+                0o755,
+            )])],
+        ),
+    );
+    let out = support::archwatch()
+        .args([
+            "inspect",
+            "--json",
+            "--namespace",
+            NS,
+            "--image",
+            "archwatch.test/lies:v1",
+            "--address",
+        ])
+        .arg(&ctd.socket)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json["verdict"], "arch_mismatch");
+    assert_eq!(
+        json["argv"],
+        serde_json::json!(["/app", "true"]),
+        "argv from the image config"
+    );
+    assert!(
+        json["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["code"] == "config_arch_mismatch"),
+        "{json}"
+    );
+    let leases =
+        String::from_utf8_lossy(&ctd.ctr_ns(NS, &["leases", "ls", "-q"]).stdout).to_string();
+    assert!(!leases.contains("archwatch"), "leases left: {leases}");
+    let snaps = String::from_utf8_lossy(&ctd.ctr_ns(NS, &["snapshots", "ls"]).stdout).to_string();
+    assert!(!snaps.contains("archwatch-view"), "views left: {snaps}");
+}
