@@ -1,15 +1,32 @@
-//! archwatch
-pub mod agent;
-pub mod binfmt;
+//! archwatch: why a container's entrypoint will not exec on this node, from the files alone.
+//!
+//! ```text
+//! containerd Events.Subscribe ─┐        (subscribe first, then list: no gap)
+//! startup/reconnect reconcile ─┴─► watcher ──► pipeline ──► inspect (blocking pool) ──► diagnose
+//!                                               │                                         │
+//! /proc/sys/fs/binfmt_misc (poll) ──► binfmt ───┘          metrics ◄── Diagnosis ──► journal
+//! ```
+//!
+//! Modules in flow order: [`containerd`] (events, listings, read-only snapshot views) feeds
+//! [`agent`] (tasks and channels) and its pure state machine [`pipeline`]; [`image`] resolves
+//! index → manifest → config; [`rootfs`] resolves paths inside a layer stack without ever
+//! leaving it; [`inspect`] walks argv[0] like the kernel's execve (with [`platform`] and
+//! [`binfmt`]); [`diagnose`] joins a verdict with an exit into one [`diagnose::Diagnosis`];
+//! [`sinks`] report it. [`oci`], [`lab`] and [`demo`] build and run incident images on a
+//! private containerd; [`report`] renders the CLI's human output.
+#![forbid(unsafe_code)]
+
 pub mod containerd;
-pub mod demo;
-pub mod diagnose;
-pub mod image;
-pub mod inspect;
-pub mod lab;
-pub mod oci;
+pub mod agent;
 pub mod pipeline;
-pub mod platform;
-pub mod report;
+pub mod image;
 pub mod rootfs;
+pub mod inspect;
+pub mod platform;
+pub mod binfmt;
+pub mod diagnose;
 pub mod sinks;
+pub mod oci;
+pub mod lab;
+pub mod demo;
+pub mod report;
