@@ -38,6 +38,7 @@ use crate::platform::Node;
 use crate::rootfs::Rootfs;
 use crate::sinks::http::{self, Readiness};
 use crate::sinks::journal::Journal;
+use crate::sinks::kube_events;
 use crate::sinks::metrics::{self, Metrics};
 
 /// Everything the agent is told on the command line.
@@ -55,6 +56,10 @@ pub struct Config {
     pub snapshotter: String,
     pub inspect_timeout: Duration,
     pub windows: Windows,
+    /// Kubernetes Events: `auto` (in-cluster or kubeconfig) or `off`.
+    pub kube: String,
+    /// Events waiting for the API server beyond this are dropped, oldest first.
+    pub kube_queue: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +175,7 @@ struct ImageRecord {
 struct Sinks {
     metrics: Metrics,
     journal: Option<Journal>,
+    events: Option<kube_events::EventsHandle>,
 }
 
 impl Sinks {
@@ -186,6 +192,9 @@ impl Sinks {
             d.cause
         );
         self.metrics.record(d);
+        if let (Some(ev), Some(spec)) = (&self.events, kube_events::for_diagnosis(d)) {
+            ev.push(spec);
+        }
         self.write(&Record::ExecFailure {
             diagnosed_at: Utc::now(),
             diagnosis: d,
@@ -267,14 +276,33 @@ pub async fn run(
         tx,
         stop.clone(),
     ));
+    let mut events = None;
+    let mut publisher = None;
+    if let Some(client) = kube_events::client(&cfg.kube).await {
+        let handle = kube_events::EventsHandle::new(cfg.kube_queue, metrics.clone());
+        info!(queue = cfg.kube_queue, "Sending Kubernetes Events.");
+        publisher = Some(tokio::spawn(kube_events::publish(
+            client,
+            handle.clone(),
+            cfg.node_name.clone(),
+            kube_events::Limits::default(),
+            stop.clone(),
+        )));
+        events = Some(handle);
+    }
     let sinks = Sinks {
         metrics: metrics.clone(),
         journal,
+        events,
     };
     pipeline(cfg, rx, sinks, binfmt_rx, ready, stop.clone()).await;
 
     let _ = watcher.await;
     let _ = binfmt_task.await;
+    if let Some(p) = publisher {
+        // In-flight writes get a moment; what is still queued is dropped with the process.
+        let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+    }
     if let Some(s) = server {
         let _ = s.await;
     }
@@ -855,6 +883,13 @@ impl Pipeline {
             "Container runs under emulation: {}",
             i.cause
         );
+        if let Some(ev) = &self.sinks.events {
+            if let Some(spec) =
+                kube_events::for_pod(&who, i.verdict.event_reason(), &i.cause, &i.fix, Utc::now())
+            {
+                ev.push(spec);
+            }
+        }
         let node = self.cfg.node_name.clone();
         self.sinks.write(&Record::Emulated {
             diagnosed_at: Utc::now(),
@@ -881,6 +916,17 @@ impl Pipeline {
             info!(namespace = ns, image = name, digest, verdict = %i.verdict, "Pulled image: {}", i.cause);
         }
         let node = self.cfg.node_name.clone();
+        if !i.verdict.will_exec() {
+            if let Some(ev) = &self.sinks.events {
+                let cause = format!("Image {name} ({digest}): {}", i.cause);
+                ev.push(kube_events::for_node(
+                    &node,
+                    "IncompatibleImagePulled",
+                    &cause,
+                    &i.fix,
+                ));
+            }
+        }
         self.sinks.write(&Record::Image {
             diagnosed_at: Utc::now(),
             node: &node,

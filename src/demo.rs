@@ -178,6 +178,8 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
         snapshotter: "overlayfs".into(),
         inspect_timeout: Duration::from_secs(5),
         windows: Windows::default(),
+        kube: "off".into(),
+        kube_queue: 0,
     };
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone(), Some(bound_tx)));
     let metrics_addr = bound_rx.await.ok();

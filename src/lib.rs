@@ -16,17 +16,17 @@
 //! private containerd; [`report`] renders the CLI's human output.
 #![forbid(unsafe_code)]
 
-pub mod containerd;
 pub mod agent;
-pub mod pipeline;
-pub mod image;
-pub mod rootfs;
-pub mod inspect;
-pub mod platform;
 pub mod binfmt;
-pub mod diagnose;
-pub mod sinks;
-pub mod oci;
-pub mod lab;
+pub mod containerd;
 pub mod demo;
+pub mod diagnose;
+pub mod image;
+pub mod inspect;
+pub mod lab;
+pub mod oci;
+pub mod pipeline;
+pub mod platform;
 pub mod report;
+pub mod rootfs;
+pub mod sinks;

@@ -71,6 +71,9 @@ struct AgentArgs {
     /// Kubernetes Events: auto (in-cluster or kubeconfig when present) or off.
     #[arg(long, default_value = "auto", value_parser = ["auto", "off"])]
     kube: String,
+    /// Events waiting for the API server beyond this many are dropped, oldest first.
+    #[arg(long, default_value_t = 1024)]
+    kube_queue: usize,
     #[arg(long, default_value = DEFAULT_BINFMT_DIR)]
     binfmt_dir: PathBuf,
     /// Node architecture; default: this machine.
@@ -364,9 +367,6 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
             )
         })?)
     };
-    if a.kube == "auto" {
-        tracing::info!("Kubernetes Events are not sent by this build; the journal and metrics carry every diagnosis.");
-    }
     let cfg = archwatch::agent::Config {
         address: a.address,
         namespaces: a.namespaces,
@@ -379,6 +379,8 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
         snapshotter: a.snapshotter,
         inspect_timeout: std::time::Duration::from_millis(a.inspect_timeout_ms),
         windows: archwatch::pipeline::Windows::default(),
+        kube: a.kube.clone(),
+        kube_queue: a.kube_queue,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -3,4 +3,5 @@
 
 pub mod http;
 pub mod journal;
+pub mod kube_events;
 pub mod metrics;

@@ -3,4 +3,5 @@
 mod agent;
 mod demo;
 mod e2e;
+mod kube;
 mod support;

@@ -1,0 +1,517 @@
+//! Kubernetes Events (events.k8s.io/v1), rate limited and folded into series.
+//!
+//! The pipeline hands an [`EventSpec`] to [`EventsHandle::push`], which never blocks: the
+//! queue is bounded and drops its oldest entry when full. One publisher task drains it:
+//!
+//! - the first occurrence of (regarded object, container, reason) is created (POST); repeats
+//!   become a series on that object (PATCH `series.count` + `lastObservedTime`), never new
+//!   objects — 200 failures of one pod are one Event;
+//! - a token bucket per regarded object (burst 25, one token per 5 minutes, like client-go)
+//!   and one for the whole node keep a CrashLoopBackOff fleet from flooding the API server;
+//!   a repeat that finds no token is still counted and its count rides on the next write;
+//! - 429 (honouring Retry-After), 5xx and connection errors are retried with capped
+//!   exponential backoff; 4xx other than 409/429 are not;
+//! - every outcome is counted in `archwatch_kube_events_total{reason,result}`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::{Event, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Patch, PatchParams, PostParams};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::metrics::{KubeLabels, Metrics};
+use crate::diagnose::{Diagnosis, Identity};
+
+pub const REPORTING_CONTROLLER: &str = "archwatch.io/agent";
+/// The API server limits `note` to 1 kB.
+pub const NOTE_MAX: usize = 1024;
+
+/// What to publish.
+#[derive(Clone, Debug)]
+pub struct EventSpec {
+    pub regarding: ObjectReference,
+    /// Namespace the Event object lives in (the Pod's; `default` for the Node).
+    pub namespace: String,
+    pub reason: &'static str,
+    pub note: String,
+    pub time: DateTime<Utc>,
+}
+
+impl EventSpec {
+    /// The series an occurrence belongs to.
+    fn series_key(&self) -> String {
+        let r = &self.regarding;
+        format!(
+            "{}/{}/{}/{}/{}",
+            r.kind.as_deref().unwrap_or(""),
+            r.namespace.as_deref().unwrap_or(""),
+            r.uid.as_deref().or(r.name.as_deref()).unwrap_or(""),
+            r.field_path.as_deref().unwrap_or(""),
+            self.reason
+        )
+    }
+    fn object_key(&self) -> String {
+        let r = &self.regarding;
+        format!(
+            "{}/{}/{}",
+            r.kind.as_deref().unwrap_or(""),
+            r.namespace.as_deref().unwrap_or(""),
+            r.name.as_deref().unwrap_or("")
+        )
+    }
+    /// A stable object name: `<regarded name>.<hash of the series>`.
+    fn name(&self) -> String {
+        let h = hex::encode(&Sha256::digest(self.series_key().as_bytes())[..8]);
+        format!(
+            "{}.{h}",
+            self.regarding.name.as_deref().unwrap_or("archwatch")
+        )
+    }
+}
+
+/// Cause and fix in one note of at most 1 kB.
+pub fn note(cause: &str, fix: &str) -> String {
+    let sep = if cause.ends_with('.') { " " } else { ". " };
+    let mut n = format!("{cause}{sep}{fix}");
+    if n.len() > NOTE_MAX {
+        let mut end = NOTE_MAX - 3;
+        while !n.is_char_boundary(end) {
+            end -= 1;
+        }
+        n.truncate(end);
+        n.push_str("...");
+    }
+    n
+}
+
+/// The Pod an exec failure regards, from the CRI labels; `None` outside Kubernetes.
+pub fn for_diagnosis(d: &Diagnosis) -> Option<EventSpec> {
+    for_pod(
+        &d.identity,
+        d.reason,
+        &d.cause,
+        &d.fix,
+        d.exited_at.unwrap_or_else(Utc::now),
+    )
+}
+
+/// An Event regarding the Pod of a container (CRI labels); `None` outside Kubernetes.
+pub fn for_pod(
+    who: &Identity,
+    reason: &'static str,
+    cause: &str,
+    fix: &str,
+    time: DateTime<Utc>,
+) -> Option<EventSpec> {
+    let (name, ns) = (who.pod.clone()?, who.pod_namespace.clone()?);
+    Some(EventSpec {
+        regarding: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(name),
+            namespace: Some(ns.clone()),
+            uid: who.pod_uid.clone(),
+            field_path: who
+                .container
+                .as_ref()
+                .map(|c| format!("spec.containers{{{c}}}")),
+            ..Default::default()
+        },
+        namespace: ns,
+        reason,
+        note: note(cause, fix),
+        time,
+    })
+}
+
+/// The Node a pulled image cannot run on.
+pub fn for_node(node: &str, reason: &'static str, cause: &str, fix: &str) -> EventSpec {
+    EventSpec {
+        regarding: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.into()),
+            ..Default::default()
+        },
+        namespace: "default".into(),
+        reason,
+        note: note(cause, fix),
+        time: Utc::now(),
+    }
+}
+
+fn micro(t: DateTime<Utc>) -> MicroTime {
+    MicroTime(
+        k8s_openapi::jiff::Timestamp::from_microsecond(t.timestamp_micros())
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
+}
+
+/// The Event object for the first occurrence.
+pub fn event_object(spec: &EventSpec, node: &str) -> Event {
+    Event {
+        metadata: ObjectMeta {
+            name: Some(spec.name()),
+            namespace: Some(spec.namespace.clone()),
+            ..Default::default()
+        },
+        event_time: Some(micro(spec.time)),
+        action: Some("Diagnose".into()),
+        reason: Some(spec.reason.into()),
+        note: Some(spec.note.clone()),
+        regarding: Some(spec.regarding.clone()),
+        reporting_controller: Some(REPORTING_CONTROLLER.into()),
+        reporting_instance: Some(node.into()),
+        type_: Some("Warning".into()),
+        ..Default::default()
+    }
+}
+
+/// Bounded, drop-oldest queue shared by the pipeline (push) and the publisher (pop).
+#[derive(Clone)]
+pub struct EventsHandle {
+    inner: Arc<(Mutex<VecDeque<EventSpec>>, Notify)>,
+    capacity: usize,
+    metrics: Metrics,
+}
+
+impl EventsHandle {
+    pub fn new(capacity: usize, metrics: Metrics) -> EventsHandle {
+        EventsHandle {
+            inner: Arc::new((Mutex::new(VecDeque::new()), Notify::new())),
+            capacity: capacity.max(1),
+            metrics,
+        }
+    }
+
+    /// Never blocks; when full, the oldest waiting Event is dropped (and counted).
+    pub fn push(&self, spec: EventSpec) {
+        let dropped = {
+            let mut q = self.inner.0.lock().unwrap_or_else(|e| e.into_inner());
+            let d = if q.len() >= self.capacity {
+                q.pop_front()
+            } else {
+                None
+            };
+            q.push_back(spec);
+            d
+        };
+        if let Some(d) = dropped {
+            count(&self.metrics, d.reason, "dropped");
+        }
+        self.inner.1.notify_one();
+    }
+
+    fn pop(&self) -> Option<EventSpec> {
+        self.inner
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn count(m: &Metrics, reason: &str, result: &str) {
+    m.kube_events
+        .get_or_create(&KubeLabels {
+            reason: reason.into(),
+            result: result.into(),
+        })
+        .inc();
+}
+
+/// A token bucket.
+#[derive(Clone, Copy, Debug)]
+pub struct Bucket {
+    tokens: f64,
+    burst: f64,
+    per_sec: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    pub fn new(burst: u32, refill_every: Duration) -> Bucket {
+        Bucket {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            per_sec: 1.0 / refill_every.as_secs_f64().max(1e-9),
+            at: Instant::now(),
+        }
+    }
+    pub fn take(&mut self, now: Instant) -> bool {
+        self.tokens = (self.tokens
+            + now.saturating_duration_since(self.at).as_secs_f64() * self.per_sec)
+            .min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Rate limits, overridable for tests.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub object_burst: u32,
+    pub object_refill: Duration,
+    pub node_burst: u32,
+    pub node_refill: Duration,
+    pub max_attempts: u32,
+    pub backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            object_burst: 25,
+            object_refill: Duration::from_secs(300),
+            node_burst: 100,
+            node_refill: Duration::from_secs(1),
+            max_attempts: 5,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+struct Series {
+    name: String,
+    count: i32,
+}
+
+enum Outcome {
+    Ok,
+    Conflict,
+    Retry(Option<Duration>),
+    Fail(String),
+}
+
+/// Drains the queue until `stop`.
+pub async fn publish(
+    client: kube::Client,
+    handle: EventsHandle,
+    node: String,
+    limits: Limits,
+    stop: CancellationToken,
+) {
+    let mut series: HashMap<String, Series> = HashMap::new();
+    let mut buckets: HashMap<String, Bucket> = HashMap::new();
+    let mut node_bucket = Bucket::new(limits.node_burst, limits.node_refill);
+    loop {
+        let spec = match handle.pop() {
+            Some(s) => s,
+            None => {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = handle.inner.1.notified() => continue,
+                }
+            }
+        };
+        let now = Instant::now();
+        let key = spec.series_key();
+        let object = buckets
+            .entry(spec.object_key())
+            .or_insert_with(|| Bucket::new(limits.object_burst, limits.object_refill));
+        let allowed = object.take(now) && node_bucket.take(now);
+        if let Some(s) = series.get_mut(&key) {
+            s.count += 1;
+            if !allowed {
+                count(&handle.metrics, spec.reason, "rate_limited");
+                continue;
+            }
+            let body = serde_json::json!({"series": EventSeries { count: s.count, last_observed_time: micro(spec.time) }});
+            let name = s.name.clone();
+            match write(&client, &spec, &limits, &stop, |api| {
+                let body = body.clone();
+                let name = name.clone();
+                async move {
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .await
+            {
+                Ok(()) => count(&handle.metrics, spec.reason, "series_updated"),
+                Err(why) => {
+                    debug!(reason = spec.reason, error = %why, "Event series update failed.");
+                    count(&handle.metrics, spec.reason, "failed");
+                }
+            }
+            continue;
+        }
+        if !allowed {
+            count(&handle.metrics, spec.reason, "rate_limited");
+            continue;
+        }
+        let ev = event_object(&spec, &node);
+        let name = spec.name();
+        let created = write(&client, &spec, &limits, &stop, |api| {
+            let ev = ev.clone();
+            async move { api.create(&PostParams::default(), &ev).await.map(|_| ()) }
+        })
+        .await;
+        match created {
+            Ok(()) => {
+                count(&handle.metrics, spec.reason, "created");
+                series.insert(key, Series { name, count: 1 });
+            }
+            Err(why) if why == "conflict" => {
+                // It exists (e.g. from before a restart): this occurrence extends its series.
+                let body = serde_json::json!({"series": EventSeries { count: 2, last_observed_time: micro(spec.time) }});
+                let n2 = name.clone();
+                let r = write(&client, &spec, &limits, &stop, |api| {
+                    let body = body.clone();
+                    let n2 = n2.clone();
+                    async move {
+                        api.patch(&n2, &PatchParams::default(), &Patch::Merge(&body))
+                            .await
+                            .map(|_| ())
+                    }
+                })
+                .await;
+                count(
+                    &handle.metrics,
+                    spec.reason,
+                    if r.is_ok() {
+                        "series_updated"
+                    } else {
+                        "failed"
+                    },
+                );
+                series.insert(key, Series { name, count: 2 });
+            }
+            Err(why) => {
+                warn!(reason = spec.reason, error = %why, "Kubernetes Event could not be created.");
+                count(&handle.metrics, spec.reason, "failed");
+            }
+        }
+        if series.len() > 50_000 {
+            series.clear();
+        }
+    }
+}
+
+/// One API write with retries. `Err("conflict")` for 409.
+async fn write<F, Fut>(
+    client: &kube::Client,
+    spec: &EventSpec,
+    limits: &Limits,
+    stop: &CancellationToken,
+    op: F,
+) -> Result<(), String>
+where
+    F: Fn(kube::Api<Event>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
+    let api: kube::Api<Event> = kube::Api::namespaced(client.clone(), &spec.namespace);
+    let mut delay = limits.backoff;
+    for attempt in 1..=limits.max_attempts {
+        let outcome = match op(api.clone()).await {
+            Ok(()) => Outcome::Ok,
+            Err(kube::Error::Api(s)) if s.code == 409 => Outcome::Conflict,
+            // The API server puts Retry-After into the Status body too (details.retryAfterSeconds).
+            Err(kube::Error::Api(s)) if s.code == 429 => Outcome::Retry(
+                s.details
+                    .as_ref()
+                    .map(|d| d.retry_after_seconds)
+                    .filter(|s| *s > 0)
+                    .map(|s| Duration::from_secs(u64::from(s))),
+            ),
+            Err(kube::Error::Api(s)) if s.code >= 500 => Outcome::Retry(None),
+            Err(kube::Error::Api(s)) => Outcome::Fail(format!("{} {}", s.code, s.message)),
+            Err(e) => {
+                debug!(error = %e, attempt, "Kubernetes API unreachable.");
+                Outcome::Retry(None)
+            }
+        };
+        match outcome {
+            Outcome::Ok => return Ok(()),
+            Outcome::Conflict => return Err("conflict".into()),
+            Outcome::Fail(why) => return Err(why),
+            Outcome::Retry(after) => {
+                if attempt == limits.max_attempts {
+                    break;
+                }
+                let wait = after.unwrap_or(delay).min(Duration::from_secs(30));
+                tokio::select! {
+                    _ = stop.cancelled() => return Err("stopping".into()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    Err(format!("gave up after {} attempts", limits.max_attempts))
+}
+
+/// Connects per `--kube`: `off` never; `auto` in-cluster or a kubeconfig, or none.
+pub async fn client(mode: &str) -> Option<kube::Client> {
+    if mode == "off" {
+        return None;
+    }
+    match kube::Config::infer().await {
+        Ok(cfg) => match kube::Client::try_from(cfg) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!(error = %e, "Kubernetes client could not be built; Events are off.");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::info!(error = %e, "No in-cluster config or kubeconfig; Kubernetes Events are off (journal and metrics carry every diagnosis).");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_fit_in_one_kilobyte_on_a_char_boundary() {
+        let long = "é".repeat(900);
+        let n = note(&long, "fix it");
+        assert!(n.len() <= NOTE_MAX);
+        assert!(n.ends_with("..."));
+        assert_eq!(note("cause", "Fix."), "cause. Fix.");
+    }
+
+    #[test]
+    fn buckets_allow_a_burst_then_refill() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(25, Duration::from_secs(300));
+        assert_eq!((0..30).filter(|_| b.take(t0)).count(), 25);
+        assert!(!b.take(t0 + Duration::from_secs(299)));
+        assert!(b.take(t0 + Duration::from_secs(301)));
+    }
+
+    #[test]
+    fn names_are_stable_per_series() {
+        let s = for_node("node-1", "IncompatibleImagePulled", "c", "f");
+        let mut other = s.clone();
+        assert_eq!(s.name(), other.name());
+        other.reason = "RunningUnderEmulation";
+        assert_ne!(s.name(), other.name());
+        assert!(s.name().starts_with("node-1."));
+    }
+}

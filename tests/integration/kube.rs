@@ -1,0 +1,419 @@
+//! Kubernetes Events against a local HTTP server that speaks the real REST paths
+//! (`/apis/events.k8s.io/v1/namespaces/{ns}/events[/{name}]`, POST and PATCH) and answers with
+//! real status codes and Status bodies: 201, 409 AlreadyExists, 422, 429 with Retry-After,
+//! 500, connection refused.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use archwatch::diagnose::{Diagnosis, Exit, Identity, Signal};
+use archwatch::inspect::{Inspection, Verdict};
+use archwatch::platform::Arch;
+use archwatch::sinks::kube_events::{self, EventsHandle, Limits};
+use archwatch::sinks::metrics::{KubeLabels, Metrics};
+use k8s_openapi::api::events::v1::Event;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug)]
+struct Req {
+    method: String,
+    path: String,
+    body: serde_json::Value,
+    at: Instant,
+}
+
+/// A scripted answer; when the script is empty, writes succeed (201 / 200).
+#[derive(Clone)]
+enum Answer {
+    Status(u16, &'static str),
+    TooMany { retry_after: u32 },
+}
+
+#[derive(Clone, Default)]
+struct FakeApi {
+    requests: Arc<Mutex<Vec<Req>>>,
+    script: Arc<Mutex<VecDeque<Answer>>>,
+}
+
+fn status_body(code: u16, reason: &str, retry: Option<u32>) -> String {
+    let mut v = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": reason, "reason": reason, "code": code});
+    if let Some(r) = retry {
+        v["details"] = serde_json::json!({"retryAfterSeconds": r});
+    }
+    v.to_string()
+}
+
+impl FakeApi {
+    fn start() -> (FakeApi, String) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", l.local_addr().unwrap());
+        let api = FakeApi::default();
+        let a = api.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let a = a.clone();
+                std::thread::spawn(move || a.serve(conn));
+            }
+        });
+        (api, addr)
+    }
+
+    fn serve(&self, conn: TcpStream) {
+        let mut w = conn.try_clone().unwrap();
+        let mut r = BufReader::new(conn);
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let mut parts = line.split_whitespace();
+            let (method, path) = (
+                parts.next().unwrap_or("").to_string(),
+                parts.next().unwrap_or("").to_string(),
+            );
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 {
+                    return;
+                }
+                if h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).unwrap();
+            let body: serde_json::Value =
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            self.requests.lock().unwrap().push(Req {
+                method: method.clone(),
+                path: path.clone(),
+                body: body.clone(),
+                at: Instant::now(),
+            });
+            let answer = self.script.lock().unwrap().pop_front();
+            let (code, extra, text) = match answer {
+                Some(Answer::Status(c, reason)) => (c, String::new(), status_body(c, reason, None)),
+                Some(Answer::TooMany { retry_after }) => (
+                    429,
+                    format!("Retry-After: {retry_after}\r\n"),
+                    status_body(429, "TooManyRequests", Some(retry_after)),
+                ),
+                None if method == "POST" => (201, String::new(), body.to_string()),
+                None => {
+                    // PATCH: answer with an Event carrying the merged series.
+                    let name = path
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or("x")
+                        .split('?')
+                        .next()
+                        .unwrap_or("x")
+                        .to_string();
+                    let mut ev = serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": name}, "eventTime": "2026-11-25T00:00:00.000000Z"});
+                    ev["series"] = body["series"].clone();
+                    (200, String::new(), ev.to_string())
+                }
+            };
+            let resp = format!("HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{text}", text.len());
+            if w.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn requests(&self) -> Vec<Req> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn diagnosis(pod: &str) -> Diagnosis {
+    let i = Inspection {
+        verdict: Verdict::ArchMismatch,
+        cause: format!("/app is a linux/arm64 binary and this node is linux/amd64 ({pod})"),
+        fix: "Publish a multi-arch image.".into(),
+        symptom: "exec format error",
+        argv: vec!["/app".into()],
+        node_arch: Arch::Amd64,
+        binary_arch: Some(Arch::Arm64),
+        handler: None,
+        chain: Vec::new(),
+        findings: Vec::new(),
+        bytes_read: 0,
+    };
+    let who = Identity {
+        containerd_namespace: "k8s.io".into(),
+        container_id: format!("{pod}-c"),
+        pod: Some(pod.into()),
+        pod_namespace: Some("shop".into()),
+        pod_uid: Some(format!("uid-{pod}")),
+        container: Some("app".into()),
+        image: "registry.example/shop/app:1".into(),
+        image_digest: None,
+    };
+    archwatch::diagnose::diagnose(
+        "node-1",
+        &who,
+        &i,
+        &Exit {
+            signal: Signal::TaskExit,
+            exit_code: Some(1),
+            started_at: None,
+            exited_at: None,
+        },
+    )
+    .unwrap()
+}
+
+fn client(url: &str) -> kube::Client {
+    kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
+}
+
+fn counter(m: &Metrics, result: &str) -> u64 {
+    m.kube_events
+        .get_or_create(&KubeLabels {
+            reason: "ExecFormatError".into(),
+            result: result.into(),
+        })
+        .get()
+}
+
+fn limits() -> Limits {
+    Limits {
+        node_refill: Duration::from_secs(3600),
+        backoff: Duration::from_millis(20),
+        ..Limits::default()
+    }
+}
+
+/// Starts the publisher on `url`, pushes, waits until the queue is drained and writes settle.
+fn run(
+    url: &str,
+    capacity: usize,
+    limits: Limits,
+    push: impl FnOnce(&EventsHandle),
+    settle: Duration,
+) -> Metrics {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = Metrics::default();
+    let handle = EventsHandle::new(capacity, metrics.clone());
+    let stop = CancellationToken::new();
+    rt.block_on(async {
+        let task = tokio::spawn(kube_events::publish(
+            client(url),
+            handle.clone(),
+            "node-1".into(),
+            limits,
+            stop.clone(),
+        ));
+        push(&handle);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !handle.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(settle).await;
+        stop.cancel();
+        let _ = task.await;
+    });
+    metrics
+}
+
+#[test]
+fn two_hundred_identical_failures_are_one_event_with_a_series() {
+    let (api, url) = FakeApi::start();
+    let d = diagnosis("checkout-5d8f");
+    let m = run(
+        &url,
+        1024,
+        limits(),
+        |h| {
+            for _ in 0..200 {
+                h.push(kube_events::for_diagnosis(&d).unwrap());
+            }
+        },
+        Duration::from_millis(300),
+    );
+    let reqs = api.requests();
+    let posts: Vec<&Req> = reqs.iter().filter(|r| r.method == "POST").collect();
+    let patches: Vec<&Req> = reqs.iter().filter(|r| r.method == "PATCH").collect();
+    assert_eq!(posts.len(), 1, "one object, not 200");
+    assert_eq!(
+        posts[0].path.split('?').next().unwrap(),
+        "/apis/events.k8s.io/v1/namespaces/shop/events"
+    );
+    let ev: Event =
+        serde_json::from_value(posts[0].body.clone()).expect("a valid events.k8s.io/v1 Event");
+    let reg = ev.regarding.unwrap();
+    assert_eq!(
+        (
+            reg.kind.as_deref(),
+            reg.name.as_deref(),
+            reg.namespace.as_deref()
+        ),
+        (Some("Pod"), Some("checkout-5d8f"), Some("shop"))
+    );
+    assert_eq!(reg.uid.as_deref(), Some("uid-checkout-5d8f"));
+    assert_eq!(reg.field_path.as_deref(), Some("spec.containers{app}"));
+    assert_eq!(ev.reason.as_deref(), Some("ExecFormatError"));
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        ev.reporting_controller.as_deref(),
+        Some("archwatch.io/agent")
+    );
+    assert_eq!(ev.reporting_instance.as_deref(), Some("node-1"));
+    let note = ev.note.unwrap();
+    assert!(
+        note.contains("linux/arm64") && note.contains("multi-arch") && note.len() <= 1024,
+        "{note}"
+    );
+    // Burst 25 per object: the create and 24 series updates; the rest are counted, not sent.
+    assert_eq!(patches.len(), 24);
+    let name = ev.metadata.name.unwrap();
+    assert!(patches.iter().all(|p| p.path.starts_with(&format!(
+        "/apis/events.k8s.io/v1/namespaces/shop/events/{name}"
+    ))));
+    let counts: Vec<i64> = patches
+        .iter()
+        .map(|p| p.body["series"]["count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(counts.first(), Some(&2));
+    assert_eq!(counts.last(), Some(&25));
+    assert!(patches
+        .iter()
+        .all(|p| p.body["series"]["lastObservedTime"].is_string()));
+    assert_eq!(
+        (
+            counter(&m, "created"),
+            counter(&m, "series_updated"),
+            counter(&m, "rate_limited")
+        ),
+        (1, 24, 175)
+    );
+}
+
+#[test]
+fn retries_honour_retry_after_and_errors_are_classified() {
+    let (api, url) = FakeApi::start();
+    api.script.lock().unwrap().extend([
+        Answer::Status(500, "InternalError"),
+        Answer::TooMany { retry_after: 1 },
+    ]);
+    let m = run(
+        &url,
+        16,
+        limits(),
+        |h| h.push(kube_events::for_diagnosis(&diagnosis("a")).unwrap()),
+        Duration::from_millis(100),
+    );
+    let reqs = api.requests();
+    assert_eq!(reqs.len(), 3, "500, 429, then 201");
+    assert!(
+        reqs[2].at - reqs[1].at >= Duration::from_millis(950),
+        "Retry-After: 1 was honoured"
+    );
+    assert_eq!(counter(&m, "created"), 1);
+
+    // 409: the object exists (an agent restart) — the occurrence extends its series.
+    let (api, url) = FakeApi::start();
+    api.script
+        .lock()
+        .unwrap()
+        .push_back(Answer::Status(409, "AlreadyExists"));
+    let m = run(
+        &url,
+        16,
+        limits(),
+        |h| h.push(kube_events::for_diagnosis(&diagnosis("b")).unwrap()),
+        Duration::from_millis(100),
+    );
+    let methods: Vec<String> = api.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(methods, vec!["POST", "PATCH"]);
+    assert_eq!(counter(&m, "series_updated"), 1);
+
+    // 422: invalid — not retried.
+    let (api, url) = FakeApi::start();
+    api.script
+        .lock()
+        .unwrap()
+        .push_back(Answer::Status(422, "Invalid"));
+    let m = run(
+        &url,
+        16,
+        limits(),
+        |h| h.push(kube_events::for_diagnosis(&diagnosis("c")).unwrap()),
+        Duration::from_millis(100),
+    );
+    assert_eq!(api.requests().len(), 1);
+    assert_eq!(counter(&m, "failed"), 1);
+}
+
+#[test]
+fn an_api_outage_loses_at_most_the_queue_and_never_blocks() {
+    // Nothing listens here: connection refused on every attempt.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let lim = Limits {
+        max_attempts: 2,
+        backoff: Duration::from_millis(5),
+        ..limits()
+    };
+    let pushed = 2000u64;
+    let m = run(
+        &url,
+        100,
+        lim,
+        |h| {
+            for i in 0..pushed {
+                h.push(kube_events::for_diagnosis(&diagnosis(&format!("pod-{i}"))).unwrap());
+            }
+            assert!(h.len() <= 100, "the queue is bounded");
+        },
+        Duration::from_millis(200),
+    );
+    let (dropped, failed) = (counter(&m, "dropped"), counter(&m, "failed"));
+    assert!(dropped >= pushed - 100 - 2, "dropped {dropped}");
+    assert_eq!(
+        dropped + failed + counter(&m, "rate_limited"),
+        pushed,
+        "every Event is accounted for"
+    );
+}
+
+#[test]
+fn a_node_wide_cap_bounds_a_crashlooping_fleet() {
+    let (api, url) = FakeApi::start();
+    let lim = Limits {
+        node_burst: 100,
+        ..limits()
+    };
+    let m = run(
+        &url,
+        1024,
+        lim,
+        |h| {
+            for i in 0..110 {
+                h.push(kube_events::for_diagnosis(&diagnosis(&format!("fleet-{i}"))).unwrap());
+            }
+        },
+        Duration::from_millis(300),
+    );
+    assert_eq!(api.requests().len(), 100);
+    assert_eq!(
+        (counter(&m, "created"), counter(&m, "rate_limited")),
+        (100, 10)
+    );
+}
