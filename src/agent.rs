@@ -36,6 +36,7 @@ use crate::inspect::{self, Finding, Inspection, Request, Verdict};
 use crate::pipeline::{Key, Process, Tracker, Windows};
 use crate::platform::Node;
 use crate::rootfs::Rootfs;
+use crate::sinks::api::{self, ApiState};
 use crate::sinks::http::{self, Readiness};
 use crate::sinks::journal::Journal;
 use crate::sinks::kube_events;
@@ -60,6 +61,8 @@ pub struct Config {
     pub kube: String,
     /// Events waiting for the API server beyond this are dropped, oldest first.
     pub kube_queue: usize,
+    /// Serve the gRPC API (diagnosis stream, image verdicts, status) on this unix socket.
+    pub api_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,11 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Journal(#[from] crate::sinks::journal::JournalError),
+    #[error("cannot serve the API on {path}: {source}")]
+    Api {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// One line of the journal.
@@ -176,6 +184,7 @@ struct Sinks {
     metrics: Metrics,
     journal: Option<Journal>,
     events: Option<kube_events::EventsHandle>,
+    api: Arc<ApiState>,
 }
 
 impl Sinks {
@@ -195,8 +204,10 @@ impl Sinks {
         if let (Some(ev), Some(spec)) = (&self.events, kube_events::for_diagnosis(d)) {
             ev.push(spec);
         }
+        let diagnosed_at = Utc::now();
+        self.api.publish(d, diagnosed_at);
         self.write(&Record::ExecFailure {
-            diagnosed_at: Utc::now(),
+            diagnosed_at,
             diagnosis: d,
         });
     }
@@ -290,15 +301,31 @@ pub async fn run(
         )));
         events = Some(handle);
     }
+    let api_state = ApiState::new(&cfg.node_name, &cfg.node.arch.to_string());
+    let mut api_server = None;
+    if let Some(path) = &cfg.api_socket {
+        let h = api::serve(path, api_state.clone(), stop.clone())
+            .await
+            .map_err(|source| AgentError::Api {
+                path: path.display().to_string(),
+                source,
+            })?;
+        info!(socket = %path.display(), "Serving the archwatch.v1 API.");
+        api_server = Some(h);
+    }
     let sinks = Sinks {
         metrics: metrics.clone(),
         journal,
         events,
+        api: api_state,
     };
     pipeline(cfg, rx, sinks, binfmt_rx, ready, stop.clone()).await;
 
     let _ = watcher.await;
     let _ = binfmt_task.await;
+    if let Some(a) = api_server {
+        let _ = a.await;
+    }
     if let Some(p) = publisher {
         // In-flight writes get a moment; what is still queued is dropped with the process.
         let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
@@ -570,11 +597,13 @@ impl Pipeline {
             Input::Disconnected => {
                 self.client = None;
                 self.ready.set(false);
+                self.sinks.api.set_connected(false, false);
             }
             Input::Reconciled { client, listing } => {
                 self.client = Some(client);
                 self.reconcile(*listing);
                 self.ready.set(true);
+                self.sinks.api.set_connected(true, true);
             }
             Input::Event(env) => self.event(env),
         }
@@ -623,6 +652,9 @@ impl Pipeline {
         }
         let listed: HashSet<(String, String)> = l.images.iter().cloned().collect();
         self.images.retain(|k, _| listed.contains(k));
+        self.sinks
+            .api
+            .retain_images(|ns, n| listed.contains(&(ns.to_string(), n.to_string())));
         for (ns, name) in l.images {
             if !self.images.contains_key(&(ns.clone(), name.clone())) {
                 self.inspect_image(ns, name);
@@ -645,6 +677,9 @@ impl Pipeline {
                 Vec::new()
             }
             Event::ImageDelete { name } => {
+                self.sinks
+                    .api
+                    .retain_images(|n2, i2| !(n2 == ns && i2 == name));
                 self.images.remove(&(ns.clone(), name));
                 self.update_image_gauge();
                 Vec::new()
@@ -835,6 +870,7 @@ impl Pipeline {
             Done::Image { ns, name, outcome } => {
                 self.images_in_flight.remove(&(ns.clone(), name.clone()));
                 if let ImageOutcome::Verdict { digest, inspection } = outcome {
+                    self.sinks.api.set_image(&ns, &name, &digest, &inspection);
                     let rec = ImageRecord {
                         verdict: inspection.verdict,
                         arch_label: inspection

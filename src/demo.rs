@@ -180,6 +180,7 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
         windows: Windows::default(),
         kube: "off".into(),
         kube_queue: 0,
+        api_socket: None,
     };
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone(), Some(bound_tx)));
     let metrics_addr = bound_rx.await.ok();

@@ -13,6 +13,7 @@ use archwatch::report;
 use archwatch::rootfs::Rootfs;
 
 const DEFAULT_BINFMT_DIR: &str = "/proc/sys/fs/binfmt_misc";
+const DEFAULT_API_SOCKET: &str = "/run/archwatch/archwatch.sock";
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +36,33 @@ enum Command {
     Agent(AgentArgs),
     /// Reproduces the classic incidents on a private containerd and shows the diagnoses.
     Demo(DemoArgs),
+    /// Prints this node's diagnoses as a timeline (from the agent's API socket).
+    Events(EventsArgs),
+    /// Prints the agent's connection state and the verdict of every image on the node.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct EventsArgs {
+    #[arg(long, default_value = DEFAULT_API_SOCKET)]
+    api_socket: PathBuf,
+    /// Keep printing new diagnoses as they happen.
+    #[arg(long, short)]
+    follow: bool,
+    /// How many past diagnoses to show first.
+    #[arg(long, default_value_t = 100)]
+    replay: u32,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[arg(long, default_value = DEFAULT_API_SOCKET)]
+    api_socket: PathBuf,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -74,6 +102,9 @@ struct AgentArgs {
     /// Events waiting for the API server beyond this many are dropped, oldest first.
     #[arg(long, default_value_t = 1024)]
     kube_queue: usize,
+    /// Serve the archwatch.v1 gRPC API on this unix socket (`off` to disable).
+    #[arg(long, default_value = DEFAULT_API_SOCKET)]
+    api_socket: PathBuf,
     #[arg(long, default_value = DEFAULT_BINFMT_DIR)]
     binfmt_dir: PathBuf,
     /// Node architecture; default: this machine.
@@ -158,6 +189,8 @@ fn main() -> ExitCode {
         Command::Binfmt(a) => run_binfmt(a),
         Command::Agent(a) => run_agent(a),
         Command::Demo(a) => run_demo(a),
+        Command::Events(a) => run_events(a),
+        Command::Status(a) => run_status(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -381,6 +414,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
         windows: archwatch::pipeline::Windows::default(),
         kube: a.kube.clone(),
         kube_queue: a.kube_queue,
+        api_socket: (a.api_socket.as_os_str() != "off").then_some(a.api_socket.clone()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -440,6 +474,83 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<u8> {
             signals.cancel();
         });
         archwatch::demo::run(a.fixtures, stop).await
+    })?;
+    Ok(0)
+}
+
+fn api_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> String {
+    t.as_ref()
+        .and_then(|t| {
+            chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+        })
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn run_events(a: EventsArgs) -> anyhow::Result<u8> {
+    use futures::StreamExt;
+    api_runtime()?.block_on(async {
+        let mut client = archwatch::sinks::api::connect(&a.api_socket)
+            .await
+            .with_context(|| format!("no agent API at {} (is `archwatch agent` running?)", a.api_socket.display()))?;
+        let req = archwatch::sinks::api::pb::WatchDiagnosesRequest { replay: a.replay, no_follow: !a.follow };
+        let mut stream = client.watch_diagnoses(req).await?.into_inner();
+        while let Some(d) = stream.next().await {
+            let d = d?;
+            if a.json {
+                let v = serde_json::json!({
+                    "sequence": d.sequence, "diagnosed_at": ts(&d.diagnosed_at), "exited_at": ts(&d.exited_at),
+                    "node": d.node, "pod_namespace": d.pod_namespace, "pod": d.pod, "container": d.container,
+                    "container_id": d.container_id, "image": d.image, "verdict": d.verdict, "reason": d.reason,
+                    "signal": d.signal, "exit_code": d.exit_code, "cause": d.cause, "fix": d.fix,
+                    "binary_arch": d.binary_arch, "node_arch": d.node_arch, "findings": d.findings,
+                });
+                println!("{v}");
+            } else {
+                let who = if d.pod.is_empty() { format!("container {}", d.container_id) } else { format!("{}/{} {}", d.pod_namespace, d.pod, d.container) };
+                println!("{}  {who}  {}  {}", ts(&d.exited_at), d.image, d.verdict);
+                println!("    {}", d.cause);
+                println!("    fix: {}", d.fix);
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(0)
+}
+
+fn run_status(a: StatusArgs) -> anyhow::Result<u8> {
+    api_runtime()?.block_on(async {
+        let mut client = archwatch::sinks::api::connect(&a.api_socket)
+            .await
+            .with_context(|| format!("no agent API at {} (is `archwatch agent` running?)", a.api_socket.display()))?;
+        let st = client.get_status(archwatch::sinks::api::pb::GetStatusRequest {}).await?.into_inner();
+        let images = client.list_image_verdicts(archwatch::sinks::api::pb::ListImageVerdictsRequest {}).await?.into_inner().images;
+        if a.json {
+            let imgs: Vec<serde_json::Value> = images
+                .iter()
+                .map(|i| serde_json::json!({"namespace": i.containerd_namespace, "image": i.image, "digest": i.digest, "verdict": i.verdict, "binary_arch": i.binary_arch, "cause": i.cause, "findings": i.findings}))
+                .collect();
+            println!("{}", serde_json::json!({"node": st.node, "node_arch": st.node_arch, "containerd_connected": st.containerd_connected, "ready": st.ready, "diagnoses": st.diagnoses, "version": st.version, "images": imgs}));
+        } else {
+            println!(
+                "node {} (linux/{}), archwatch {}: containerd {}, {} diagnoses",
+                st.node,
+                st.node_arch,
+                st.version,
+                if st.containerd_connected { "connected" } else { "DISCONNECTED" },
+                st.diagnoses
+            );
+            for i in &images {
+                println!("{:<22} {:<10} {}  {}", i.verdict, if i.binary_arch.is_empty() { "-" } else { i.binary_arch.as_str() }, i.containerd_namespace, i.image);
+            }
+        }
+        anyhow::Ok(())
     })?;
     Ok(0)
 }

@@ -289,6 +289,50 @@ fn agent_diagnoses_real_failures_and_survives_containerd_restarts() {
         ) >= 8.0
     );
 
+    // The same diagnoses through the API socket: `archwatch events` and `archwatch status`.
+    let out = support::archwatch()
+        .args(["events", "--json", "--replay", "1000", "--api-socket"])
+        .arg(&agent.api_socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let streamed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let journal_pods: Vec<String> = failures(&agent)
+        .iter()
+        .map(|l| l["pod"].as_str().unwrap().to_string())
+        .collect();
+    let stream_pods: Vec<String> = streamed
+        .iter()
+        .map(|l| l["pod"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        stream_pods, journal_pods,
+        "stream and journal carry the same diagnoses in the same order"
+    );
+    let out = support::archwatch()
+        .args(["status", "--json", "--api-socket"])
+        .arg(&agent.api_socket)
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["containerd_connected"], true);
+    assert_eq!(st["node"], "test-node");
+    let lies_status = st["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["image"] == "archwatch.test/config-lies:v1")
+        .expect("image listed")
+        .clone();
+    assert_eq!(lies_status["verdict"], "arch_mismatch");
+
     // containerd dies hard and comes back: the agent reconnects by itself and goes on.
     ctd.restart();
     agent.wait_for("reconnect", Duration::from_secs(40), || {

@@ -1,6 +1,7 @@
 //! The integration suite: real containerd, runc, binaries from Debian packages.
 
 mod agent;
+mod api;
 mod demo;
 mod e2e;
 mod kube;

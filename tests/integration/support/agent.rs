@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 pub struct Agent {
     child: Child,
     pub journal: PathBuf,
+    pub api_socket: PathBuf,
     pub listen: String,
     pub log: PathBuf,
     _dir: tempfile::TempDir,
@@ -26,6 +27,7 @@ impl Agent {
         let journal = dir.path().join("journal.jsonl");
         let log = dir.path().join("agent.log");
         let listen = format!("127.0.0.1:{}", free_port());
+        let api_socket = dir.path().join("api.sock");
         let child = super::archwatch()
             .args([
                 "agent",
@@ -39,6 +41,8 @@ impl Agent {
             .arg("--journal")
             .arg(&journal)
             .args(["--listen", &listen])
+            .arg("--api-socket")
+            .arg(&api_socket)
             .args(extra)
             .env("RUST_LOG", "archwatch=debug,info")
             .stdout(Stdio::null())
@@ -48,6 +52,7 @@ impl Agent {
         Agent {
             child,
             journal,
+            api_socket,
             listen,
             log,
             _dir: dir,
