@@ -199,3 +199,128 @@ pub fn encode(registry: &Registry) -> String {
     let _ = prometheus_client::encoding::text::encode(&mut s, registry);
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exposition is the contract for alert rules and dashboards: one sample of every
+    /// family, exactly.
+    #[test]
+    fn exposition_of_every_family_is_exact() {
+        let m = Metrics::default();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        m.exec_failures
+            .get_or_create(&FailureLabels {
+                namespace: "shop".into(),
+                reason: "arch_mismatch".into(),
+                binary_arch: "arm64".into(),
+                node_arch: "amd64".into(),
+            })
+            .inc();
+        m.images_inspected
+            .get_or_create(&ImageLabels {
+                verdict: "ok".into(),
+                binary_arch: "amd64".into(),
+            })
+            .set(3);
+        m.containers_emulated
+            .get_or_create(&ArchLabels {
+                binary_arch: "arm64".into(),
+            })
+            .set(1);
+        m.binfmt_handler_info
+            .get_or_create(&HandlerLabels {
+                name: "qemu-aarch64".into(),
+                arch: "arm64".into(),
+                flags: "POCF".into(),
+                enabled: "true".into(),
+            })
+            .set(1);
+        m.node_info
+            .get_or_create(&NodeLabels {
+                arch: "amd64".into(),
+                kernel: "6.1.0".into(),
+            })
+            .set(1);
+        m.containerd_connected.set(1);
+        m.containerd_reconnects.inc();
+        m.containerd_events
+            .get_or_create(&TopicLabels {
+                topic: "/tasks/exit".into(),
+            })
+            .inc();
+        m.inspection_duration
+            .get_or_create(&TargetLabels {
+                target: "image".into(),
+            })
+            .observe(0.0003);
+        m.inspection_errors
+            .get_or_create(&KindLabels {
+                kind: "not_found".into(),
+            })
+            .inc();
+        m.kube_events
+            .get_or_create(&KubeLabels {
+                reason: "ExecFormatError".into(),
+                result: "created".into(),
+            })
+            .inc();
+        m.build_info
+            .get_or_create(&VersionLabels {
+                version: "0.1.0".into(),
+            })
+            .set(1);
+        let text = encode(&r);
+        let buckets: String = (0..16)
+            .map(|i| {
+                let le = 0.0001 * 2f64.powi(i);
+                let count = u32::from(le >= 0.0003);
+                format!("archwatch_inspection_duration_seconds_bucket{{le=\"{le}\",target=\"image\"}} {count}\n")
+            })
+            .collect();
+        let want = format!(
+            "# HELP archwatch_exec_failures Containers whose start failed because argv[0] cannot exec on this node.\n\
+# TYPE archwatch_exec_failures counter\n\
+archwatch_exec_failures_total{{namespace=\"shop\",reason=\"arch_mismatch\",binary_arch=\"arm64\",node_arch=\"amd64\"}} 1\n\
+# HELP archwatch_images_inspected Images on this node by the verdict for their entrypoint.\n\
+# TYPE archwatch_images_inspected gauge\n\
+archwatch_images_inspected{{verdict=\"ok\",binary_arch=\"amd64\"}} 3\n\
+# HELP archwatch_containers_emulated Running containers whose init process runs under a binfmt_misc emulator.\n\
+# TYPE archwatch_containers_emulated gauge\n\
+archwatch_containers_emulated{{binary_arch=\"arm64\"}} 1\n\
+# HELP archwatch_binfmt_handler_info binfmt_misc handlers registered on this node.\n\
+# TYPE archwatch_binfmt_handler_info gauge\n\
+archwatch_binfmt_handler_info{{name=\"qemu-aarch64\",arch=\"arm64\",flags=\"POCF\",enabled=\"true\"}} 1\n\
+# HELP archwatch_node_info This node's architecture and kernel.\n\
+# TYPE archwatch_node_info gauge\n\
+archwatch_node_info{{arch=\"amd64\",kernel=\"6.1.0\"}} 1\n\
+# HELP archwatch_containerd_connected 1 while the agent is subscribed to containerd events.\n\
+# TYPE archwatch_containerd_connected gauge\n\
+archwatch_containerd_connected 1\n\
+# HELP archwatch_containerd_reconnects Times the agent re-established its containerd event stream.\n\
+# TYPE archwatch_containerd_reconnects counter\n\
+archwatch_containerd_reconnects_total 1\n\
+# HELP archwatch_containerd_events containerd events received, by topic.\n\
+# TYPE archwatch_containerd_events counter\n\
+archwatch_containerd_events_total{{topic=\"/tasks/exit\"}} 1\n\
+# HELP archwatch_inspection_duration_seconds Time to inspect the files of an image or container.\n\
+# TYPE archwatch_inspection_duration_seconds histogram\n\
+archwatch_inspection_duration_seconds_sum{{target=\"image\"}} 0.0003\n\
+archwatch_inspection_duration_seconds_count{{target=\"image\"}} 1\n\
+{buckets}archwatch_inspection_duration_seconds_bucket{{le=\"+Inf\",target=\"image\"}} 1\n\
+# HELP archwatch_inspection_errors Inspections that could not read their input, by kind.\n\
+# TYPE archwatch_inspection_errors counter\n\
+archwatch_inspection_errors_total{{kind=\"not_found\"}} 1\n\
+# HELP archwatch_kube_events Kubernetes Events by reason and result.\n\
+# TYPE archwatch_kube_events counter\n\
+archwatch_kube_events_total{{reason=\"ExecFormatError\",result=\"created\"}} 1\n\
+# HELP archwatch_build_info archwatch version.\n\
+# TYPE archwatch_build_info gauge\n\
+archwatch_build_info{{version=\"0.1.0\"}} 1\n\
+# EOF\n"
+        );
+        assert_eq!(text, want);
+    }
+}
