@@ -515,3 +515,52 @@ mod tests {
         assert!(s.name().starts_with("node-1."));
     }
 }
+
+#[cfg(test)]
+mod crashloop {
+    use super::*;
+
+    /// A 110-pod CrashLoopBackOff node for an hour, kubelet's back-off (10 s doubling to
+    /// 5 min), through the same buckets the publisher uses: API writes per minute.
+    #[test]
+    fn a_crashlooping_node_stays_within_the_rate_limits() {
+        let l = Limits::default();
+        let t0 = Instant::now();
+        let mut node = Bucket::new(l.node_burst, l.node_refill);
+        let mut objects: Vec<Bucket> = (0..110)
+            .map(|_| Bucket::new(l.object_burst, l.object_refill))
+            .collect();
+        let mut failures: Vec<(f64, usize, u32)> =
+            (0..110).map(|p| (p as f64 * 0.1, p, 0)).collect();
+        let mut per_minute = [0u32; 60];
+        let mut occurrences = 0u32;
+        loop {
+            failures.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let Some((t, pod, n)) = failures.pop() else {
+                break;
+            };
+            if t >= 3600.0 {
+                break;
+            }
+            occurrences += 1;
+            let now = t0 + Duration::from_secs_f64(t);
+            if objects[pod].take(now) && node.take(now) {
+                per_minute[(t / 60.0) as usize] += 1;
+            }
+            let backoff = (10.0 * 2f64.powi(n.min(5) as i32)).min(300.0);
+            failures.push((t + backoff + 1.0, pod, n + 1));
+        }
+        let first = per_minute[0];
+        let steady = per_minute[30..].iter().sum::<u32>() as f64 / 30.0;
+        let max = *per_minute.iter().max().unwrap_or(&0);
+        println!("crashloop: {occurrences} failures in 60 min; API writes: first minute {first}, max {max}/min, steady {steady:.1}/min");
+        // Node cap: at most the burst plus one per second in any minute.
+        assert!(max <= l.node_burst + 60, "max {max}");
+        // Per object: one write per 5 minutes per pod once the bursts are spent.
+        assert!(steady <= 110.0 / 5.0 + 1.0, "steady {steady}");
+        assert!(
+            occurrences > 110 * 11,
+            "the simulation really crash-looped ({occurrences})"
+        );
+    }
+}
