@@ -63,6 +63,9 @@ pub struct Config {
     pub kube_queue: usize,
     /// Serve the gRPC API (diagnosis stream, image verdicts, status) on this unix socket.
     pub api_socket: Option<PathBuf>,
+    /// The host's /proc (hostPID or a hostPath mount in a pod), to confirm emulation from
+    /// `/proc/<pid>/exe`.
+    pub proc_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +104,8 @@ enum Record<'a> {
         verdict: Verdict,
         reason: &'static str,
         handler: Option<&'a str>,
+        /// `/proc/<pid>/exe` of the init process, when it could be read: the emulator.
+        confirmed_by: Option<String>,
         binary_arch: Option<String>,
         node_arch: String,
         cause: &'a str,
@@ -533,6 +538,12 @@ struct Pipeline {
     images_in_flight: HashSet<(String, String)>,
     /// Digests already warned about, so a re-tag does not warn again.
     warned: HashSet<String>,
+    /// Init processes seen starting: pid, and whether still running.
+    running: HashMap<Key, (u32, bool)>,
+    /// Containers counted in `containers_emulated`, with their arch label.
+    emulated: HashMap<Key, &'static str>,
+    /// Containers already reported as running under emulation.
+    emulation_noted: HashSet<Key>,
     sinks: Sinks,
     jobs: JoinSet<Option<Done>>,
     ready: Readiness,
@@ -554,6 +565,9 @@ async fn pipeline(
         images: HashMap::new(),
         images_in_flight: HashSet::new(),
         warned: HashSet::new(),
+        running: HashMap::new(),
+        emulated: HashMap::new(),
+        emulation_noted: HashSet::new(),
         sinks,
         jobs: JoinSet::new(),
         ready,
@@ -646,7 +660,13 @@ impl Pipeline {
                         self.sinks.exec_failure(&d);
                     }
                 }
-                TASK_RUNNING | TASK_PAUSED | TASK_STOPPED => self.tracker.task_created(&key),
+                TASK_RUNNING | TASK_PAUSED => {
+                    self.tracker.task_created(&key);
+                    if t.pid != 0 {
+                        self.running.insert(key.clone(), (t.pid, true));
+                    }
+                }
+                TASK_STOPPED => self.tracker.task_created(&key),
                 _ => self.tracker.task_created(&key),
             }
         }
@@ -691,7 +711,14 @@ impl Pipeline {
                 }
                 Vec::new()
             }
-            Event::ContainerDelete { id } => self.tracker.container_deleted(&key(id), at),
+            Event::ContainerDelete { id } => {
+                let k = key(id);
+                self.note_emulated(&k);
+                self.task_gone(&k);
+                self.running.remove(&k);
+                self.emulation_noted.remove(&k);
+                self.tracker.container_deleted(&k, at)
+            }
             Event::TaskCreate {
                 container_id,
                 rootfs,
@@ -704,8 +731,11 @@ impl Pipeline {
                 }
                 Vec::new()
             }
-            Event::TaskStart { container_id, .. } => {
-                self.tracker.task_started(&key(container_id), at);
+            Event::TaskStart { container_id, pid } => {
+                let k = key(container_id);
+                self.tracker.task_started(&k, at);
+                self.running.insert(k.clone(), (pid, true));
+                self.note_emulated(&k);
                 Vec::new()
             }
             Event::TaskExit {
@@ -714,12 +744,18 @@ impl Pipeline {
                 exit_status,
                 exited_at,
                 ..
-            } => self.tracker.task_exited(
-                &key(container_id),
-                &id,
-                exit_status,
-                exited_at.unwrap_or(at),
-            ),
+            } => {
+                let k = key(container_id);
+                if id == k.id {
+                    if let Some(t) = self.running.get_mut(&k) {
+                        t.1 = false;
+                    }
+                    self.note_emulated(&k);
+                    self.task_gone(&k);
+                }
+                self.tracker
+                    .task_exited(&k, &id, exit_status, exited_at.unwrap_or(at))
+            }
             Event::TaskDelete { .. } | Event::Other => Vec::new(),
         };
         for d in diagnoses {
@@ -907,10 +943,50 @@ impl Pipeline {
         let Some((who, i)) = self.tracker.verdict(key) else {
             return;
         };
-        if i.verdict != Verdict::Emulated {
+        if i.verdict != Verdict::Emulated || self.emulation_noted.contains(key) {
             return;
         }
         let who = who.clone();
+        // Confirm from the running process: under binfmt_misc its exe is the emulator.
+        let task = self.running.get(key).copied();
+        let pid = task.filter(|t| t.1).map(|t| t.0);
+        let interpreter = i.handler.as_deref().and_then(|h| {
+            self.binfmt
+                .borrow()
+                .handlers
+                .iter()
+                .find(|x| x.name == h)
+                .map(|x| x.interpreter.clone())
+        });
+        let confirmed_by = pid.and_then(|p| {
+            let exe = std::fs::read_link(self.cfg.proc_dir.join(p.to_string()).join("exe")).ok()?;
+            let exe = exe
+                .to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string();
+            let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
+            let matches = interpreter
+                .as_deref()
+                .is_some_and(|int| base(int) == base(&exe))
+                || base(&exe).contains("qemu");
+            matches.then(|| format!("/proc/{p}/exe -> {exe}"))
+        });
+        if task.is_none() && self.tracker.knows(key) && !self.tracker.is_deleted(key) {
+            // Not started yet: decide at /tasks/start.
+            return;
+        }
+        self.emulation_noted.insert(key.clone());
+        if confirmed_by.is_some() {
+            let label = i.binary_arch.map(|a| a.label()).unwrap_or("unknown");
+            self.emulated.insert(key.clone(), label);
+            self.sinks
+                .metrics
+                .containers_emulated
+                .get_or_create(&metrics::ArchLabels {
+                    binary_arch: label.into(),
+                })
+                .inc();
+        }
         info!(
             namespace = who.namespace(),
             pod = who.pod.as_deref().unwrap_or(""),
@@ -935,11 +1011,25 @@ impl Pipeline {
             verdict: i.verdict,
             reason: i.verdict.event_reason(),
             handler: i.handler.as_deref(),
+            confirmed_by,
             binary_arch: i.binary_arch.map(|a| a.to_string()),
             node_arch: i.node_arch.to_string(),
             cause: &i.cause,
             fix: &i.fix,
         });
+    }
+
+    /// The init process is gone: it no longer counts as running under emulation.
+    fn task_gone(&mut self, key: &Key) {
+        if let Some(label) = self.emulated.remove(key) {
+            self.sinks
+                .metrics
+                .containers_emulated
+                .get_or_create(&metrics::ArchLabels {
+                    binary_arch: label.into(),
+                })
+                .dec();
+        }
     }
 
     fn image_warning(&mut self, ns: &str, name: &str, digest: &str, i: &Inspection) {

@@ -181,6 +181,7 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
         kube: "off".into(),
         kube_queue: 0,
         api_socket: None,
+        proc_dir: PathBuf::from("/proc"),
     };
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone(), Some(bound_tx)));
     let metrics_addr = bound_rx.await.ok();

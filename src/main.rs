@@ -105,6 +105,10 @@ struct AgentArgs {
     /// Serve the archwatch.v1 gRPC API on this unix socket (`off` to disable).
     #[arg(long, default_value = DEFAULT_API_SOCKET)]
     api_socket: PathBuf,
+    /// The host's /proc, to confirm emulation from /proc/<pid>/exe (in a pod: hostPID, or the
+    /// host's /proc mounted read-only).
+    #[arg(long, default_value = "/proc")]
+    proc_dir: PathBuf,
     #[arg(long, default_value = DEFAULT_BINFMT_DIR)]
     binfmt_dir: PathBuf,
     /// Node architecture; default: this machine.
@@ -415,6 +419,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
         kube: a.kube.clone(),
         kube_queue: a.kube_queue,
         api_socket: (a.api_socket.as_os_str() != "off").then_some(a.api_socket.clone()),
+        proc_dir: a.proc_dir.clone(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -174,6 +174,11 @@ impl Tracker {
         }
     }
 
+    /// Whether a tracked container was deleted (kept only until its verdict is used).
+    pub fn is_deleted(&self, key: &Key) -> bool {
+        self.containers.get(key).is_some_and(|c| c.deleted)
+    }
+
     /// Drops a container that was deleted while its verdict was pending, once the verdict
     /// has been used.
     pub fn reap_deleted(&mut self, key: &Key) {

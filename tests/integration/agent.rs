@@ -229,10 +229,9 @@ fn agent_diagnoses_real_failures_and_survives_containerd_restarts() {
             &pod_labels(name, "app"),
             Duration::from_secs(30),
         );
-        assert!(
-            !r.output.is_empty() || r.code == Some(0) || *name == "healthy-crash",
-            "{name}: {r:?}"
-        );
+        // The runtime's own words can be lost by `ctr run --rm` under load; the outcome is
+        // what matters here (the e2e suite checks the words).
+        assert_eq!(r.code == Some(0), *name == "healthy", "{name}: {r:?}");
     }
     for (name, _, want) in &cases {
         if let Some(v) = want {
