@@ -18,24 +18,24 @@ use k8s_openapi::api::events::v1::Event;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug)]
-struct Req {
-    method: String,
-    path: String,
-    body: serde_json::Value,
-    at: Instant,
+pub(crate) struct Req {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) body: serde_json::Value,
+    pub(crate) at: Instant,
 }
 
 /// A scripted answer; when the script is empty, writes succeed (201 / 200).
 #[derive(Clone)]
-enum Answer {
+pub(crate) enum Answer {
     Status(u16, &'static str),
     TooMany { retry_after: u32 },
 }
 
 #[derive(Clone, Default)]
-struct FakeApi {
-    requests: Arc<Mutex<Vec<Req>>>,
-    script: Arc<Mutex<VecDeque<Answer>>>,
+pub(crate) struct FakeApi {
+    pub(crate) requests: Arc<Mutex<Vec<Req>>>,
+    pub(crate) script: Arc<Mutex<VecDeque<Answer>>>,
 }
 
 fn status_body(code: u16, reason: &str, retry: Option<u32>) -> String {
@@ -47,7 +47,7 @@ fn status_body(code: u16, reason: &str, retry: Option<u32>) -> String {
 }
 
 impl FakeApi {
-    fn start() -> (FakeApi, String) {
+    pub(crate) fn start() -> (FakeApi, String) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = format!("http://{}", l.local_addr().unwrap());
         let api = FakeApi::default();
@@ -128,7 +128,7 @@ impl FakeApi {
         }
     }
 
-    fn requests(&self) -> Vec<Req> {
+    pub(crate) fn requests(&self) -> Vec<Req> {
         self.requests.lock().unwrap().clone()
     }
 }

@@ -2,6 +2,7 @@
 
 mod agent;
 mod api;
+mod binfmt;
 mod demo;
 mod e2e;
 mod kube;

@@ -23,27 +23,34 @@ fn free_port() -> u16 {
 
 impl Agent {
     pub fn start(socket: &std::path::Path, extra: &[&str]) -> Agent {
+        Agent::start_with_env(socket, extra, &[])
+    }
+
+    pub fn start_with_env(
+        socket: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = dir.path().join("journal.jsonl");
         let log = dir.path().join("agent.log");
         let listen = format!("127.0.0.1:{}", free_port());
         let api_socket = dir.path().join("api.sock");
         let child = super::archwatch()
-            .args([
-                "agent",
-                "--kube",
-                "off",
-                "--node-name",
-                "test-node",
-                "--address",
-            ])
+            .args(["agent", "--node-name", "test-node", "--address"])
             .arg(socket)
             .arg("--journal")
             .arg(&journal)
             .args(["--listen", &listen])
             .arg("--api-socket")
             .arg(&api_socket)
+            .args(if extra.contains(&"--kube") {
+                &[][..]
+            } else {
+                &["--kube", "off"][..]
+            })
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .env("RUST_LOG", "archwatch=debug,info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
