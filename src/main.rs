@@ -172,6 +172,9 @@ struct InspectArgs {
 struct BinfmtArgs {
     #[arg(long, default_value = DEFAULT_BINFMT_DIR)]
     binfmt_dir: PathBuf,
+    /// The agent's API socket: when it answers, the images that depend on each handler.
+    #[arg(long, default_value = DEFAULT_API_SOCKET)]
+    api_socket: PathBuf,
     #[arg(long)]
     json: bool,
 }
@@ -360,13 +363,50 @@ fn run_binfmt(a: BinfmtArgs) -> anyhow::Result<u8> {
     for e in &errs {
         eprintln!("archwatch: skipping {e}");
     }
+    // Which images on this node depend on each handler, when the agent answers.
+    let dependents: Vec<(String, String)> = if a.api_socket.exists() {
+        api_runtime()?
+            .block_on(async {
+                let mut c = archwatch::sinks::api::connect(&a.api_socket).await.ok()?;
+                let images = c
+                    .list_image_verdicts(archwatch::sinks::api::pb::ListImageVerdictsRequest {})
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .images;
+                Some(
+                    images
+                        .into_iter()
+                        .filter(|i| !i.handler.is_empty())
+                        .map(|i| (i.handler, i.image))
+                        .collect(),
+                )
+            })
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&table)?);
+        let mut v = serde_json::to_value(&table)?;
+        if let Some(hs) = v["handlers"].as_array_mut() {
+            for h in hs {
+                let name = h["name"].as_str().unwrap_or("").to_string();
+                h["images"] = dependents
+                    .iter()
+                    .filter(|(n, _)| *n == name)
+                    .map(|(_, i)| i.clone())
+                    .collect();
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!(
             "{}",
             report::binfmt(&table, &a.binfmt_dir.display().to_string())
         );
+        for (handler, image) in &dependents {
+            println!("  {image} runs only through {handler}");
+        }
     }
     Ok(0)
 }

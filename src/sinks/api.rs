@@ -127,6 +127,7 @@ impl ApiState {
                 .iter()
                 .map(|f| format!("{}: {}", f.code, f.detail))
                 .collect(),
+            handler: i.handler.clone().unwrap_or_default(),
         };
         let mut images = lock(&self.images);
         images.insert((ns.into(), name.into()), v);

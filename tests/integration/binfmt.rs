@@ -77,6 +77,26 @@ fn emulation_is_confirmed_counted_and_follows_the_handler_table() {
             &[("verdict", "emulated"), ("binary_arch", "arm64")],
         ) == 1.0
     });
+    // `archwatch binfmt` shows the handler, its arch, and the images that depend on it.
+    let out = support::archwatch()
+        .args(["binfmt", "--json", "--api-socket"])
+        .arg(&agent.api_socket)
+        .output()
+        .unwrap();
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = t["handlers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == name.as_str())
+        .expect("handler listed")
+        .clone();
+    assert_eq!(h["arch"], "arm64");
+    assert_eq!(
+        h["images"],
+        serde_json::json!(["archwatch.test/emu:v1"]),
+        "{h}"
+    );
 
     let out = ctd.ctr_ns(
         NS,
