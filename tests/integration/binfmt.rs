@@ -71,6 +71,33 @@ fn emulation_is_confirmed_counted_and_follows_the_handler_table() {
         },
     );
     ctd.import(NS, &archive);
+    // An image with no entrypoint cannot be inspected: counted, not guessed.
+    let mut l2 = Layout::new();
+    let mut spec = ImageSpec::new(
+        "amd64",
+        &[],
+        vec![Layer(vec![Item::file(
+            "/README",
+            b"data only".to_vec(),
+            0o644,
+        )])],
+    );
+    spec.entrypoint.clear();
+    let m2 = l2.add_image(&spec).unwrap();
+    l2.tag("archwatch.test/data-only:v1", &m2);
+    let archive2 = work.path().join("data.tar");
+    l2.write_archive(&archive2).unwrap();
+    ctd.import(NS, &archive2);
+    agent.wait_for(
+        "the inspection error counted",
+        Duration::from_secs(20),
+        || {
+            agent.metric(
+                "archwatch_inspection_errors_total",
+                &[("kind", "empty_argv")],
+            ) >= 1.0
+        },
+    );
     agent.wait_for("the image judged emulated", Duration::from_secs(20), || {
         agent.metric(
             "archwatch_images_inspected",
@@ -202,6 +229,9 @@ fn emulation_is_confirmed_counted_and_follows_the_handler_table() {
             })
         },
     );
+    // Now the agent has seen failures, images, a handler, emulation, Events and an inspection
+    // error: every metric the alert rules and the dashboard use must be in its exposition.
+    crate::manifests::assert_exported(&agent.metrics());
     drop(handler);
     assert!(
         !std::path::Path::new("/proc/sys/fs/binfmt_misc")

@@ -6,4 +6,5 @@ mod binfmt;
 mod demo;
 mod e2e;
 mod kube;
+mod manifests;
 mod support;
