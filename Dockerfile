@@ -4,8 +4,9 @@
 #   docker buildx build --platform linux/amd64,linux/arm64 -t archwatch:dev .
 FROM --platform=$BUILDPLATFORM rust:1-bookworm AS build
 ARG TARGETARCH
+ARG BUILDARCH
 RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler \
+ && apt-get install -y --no-install-recommends protobuf-compiler musl-tools gcc-aarch64-linux-gnu gcc-x86-64-linux-gnu \
  && rm -rf /var/lib/apt/lists/*
 RUN case "$TARGETARCH" in \
       amd64) echo x86_64-unknown-linux-musl ;; \
@@ -13,13 +14,16 @@ RUN case "$TARGETARCH" in \
       *) echo "unsupported TARGETARCH $TARGETARCH" >&2; exit 1 ;; \
     esac > /rust-target \
  && rustup target add "$(cat /rust-target)"
-# Pure-Rust dependencies: Rust's own lld links the self-contained musl target, no C cross
-# toolchain needed.
+# Rust's own lld links the self-contained musl targets; the only C (ring, for TLS to the API
+# server) is compiled by musl-gcc natively or by the Debian cross compiler.
 ENV CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
-    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
+    CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --target "$(cat /rust-target)" \
+RUN if [ "$BUILDARCH" = amd64 ]; then export CC_x86_64_unknown_linux_musl=musl-gcc; \
+    else export CC_x86_64_unknown_linux_musl=x86_64-linux-gnu-gcc; fi \
+ && cargo build --release --locked --target "$(cat /rust-target)" \
  && cp "target/$(cat /rust-target)/release/archwatch" /archwatch
 
 FROM scratch
