@@ -5,6 +5,7 @@ mod api;
 mod binfmt;
 mod demo;
 mod e2e;
+mod hostile;
 mod image_build;
 mod kube;
 mod manifests;
