@@ -30,3 +30,4 @@ pub mod platform;
 pub mod report;
 pub mod rootfs;
 pub mod sinks;
+pub mod source;

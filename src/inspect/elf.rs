@@ -12,8 +12,8 @@ use goblin::elf::program_header::{ProgramHeader, PT_INTERP};
 use goblin::elf::section_header::SectionHeader;
 use serde::Serialize;
 
-use super::source::{read_vec, Source};
 use crate::platform::{Arch, Class, Endian};
+use crate::source::{read_vec, Source};
 
 /// The kernel's ELF_MIN_ALIGN bound on the program header table (one page).
 const MAX_PHDR_BYTES: usize = 4096;

@@ -10,7 +10,6 @@
 
 pub mod elf;
 pub mod script;
-pub mod source;
 pub mod verdict;
 
 #[cfg(test)]
@@ -20,10 +19,10 @@ use serde::Serialize;
 
 use crate::binfmt::{self, Table};
 use crate::platform::{Arch, Nativity, Node};
-use crate::rootfs::{self, Entry, FileKind, Hop, Resolved, Rootfs, RootfsError};
+use crate::rootfs::{self, Entry, FileKind, Hop, Layers, Resolved, RootfsError, Stack};
+use crate::source::{read_vec, Source};
 use elf::{ElfInfo, Libc, Parsed};
 use script::Shebang;
-use source::{read_vec, FileSource};
 pub use verdict::Verdict;
 
 /// The kernel fails an exec after this many interpreter rewrites (fs/exec.c, exec_binprm).
@@ -127,7 +126,11 @@ impl InspectError {
 }
 
 /// Inspects `req.argv[0]` in `root` for the node in `ctx`.
-pub fn inspect(root: &Rootfs, req: &Request, ctx: Context) -> Result<Inspection, InspectError> {
+pub fn inspect<L: Layers>(
+    root: &Stack<L>,
+    req: &Request,
+    ctx: Context,
+) -> Result<Inspection, InspectError> {
     let argv0 = req.argv.first().ok_or(InspectError::EmptyArgv)?;
     let mut w = Walk {
         root,
@@ -198,8 +201,8 @@ impl Decision {
     }
 }
 
-struct Walk<'a> {
-    root: &'a Rootfs,
+struct Walk<'a, L: Layers> {
+    root: &'a Stack<L>,
     req: &'a Request<'a>,
     ctx: Context<'a>,
     chain: Vec<Step>,
@@ -220,7 +223,7 @@ fn kind_name(k: FileKind) -> &'static str {
     }
 }
 
-impl Walk<'_> {
+impl<L: Layers> Walk<'_, L> {
     fn node(&self) -> String {
         format!("linux/{}", self.ctx.node.arch)
     }
@@ -369,8 +372,7 @@ impl Walk<'_> {
                 format!("Set the execute bit on {path} in the image (RUN chmod +x, or COPY --chmod=755)."),
             ));
         }
-        let file = self.root.open_regular(&entry)?;
-        let src = FileSource::new(file, entry.size);
+        let src = self.root.open_file(&entry)?;
         let result = self.exec_file(role, requested, &entry, hops, &src, rewrites);
         self.bytes += src.bytes_read();
         result
@@ -382,7 +384,7 @@ impl Walk<'_> {
         requested: &str,
         entry: &Entry,
         hops: Vec<Hop>,
-        src: &FileSource,
+        src: &L::File,
         rewrites: usize,
     ) -> Result<Decision, InspectError> {
         let path = entry.path.clone();
@@ -445,7 +447,7 @@ impl Walk<'_> {
         requested: &str,
         entry: &Entry,
         hops: Vec<Hop>,
-        src: &FileSource,
+        src: &L::File,
         h: &binfmt::Handler,
     ) -> Result<Decision, InspectError> {
         let path = entry.path.clone();
@@ -650,7 +652,7 @@ impl Walk<'_> {
         requested: &str,
         path: &str,
         hops: Vec<Hop>,
-        src: &FileSource,
+        src: &L::File,
     ) -> Result<Decision, InspectError> {
         let parsed = elf::parse(src).map_err(|source| InspectError::Read {
             path: path.to_string(),
@@ -790,8 +792,7 @@ impl Walk<'_> {
                         ),
                     )));
                 }
-                let file = self.root.open_regular(&entry)?;
-                let src = FileSource::new(file, entry.size);
+                let src = self.root.open_file(&entry)?;
                 let parsed = elf::parse(&src);
                 self.bytes += src.bytes_read();
                 let parsed = parsed.map_err(|source| InspectError::Read {
@@ -989,7 +990,7 @@ pub fn inspect_bytes(data: &[u8]) -> u64 {
         data: &'a [u8],
         read: std::cell::Cell<u64>,
     }
-    impl source::Source for Counting<'_> {
+    impl Source for Counting<'_> {
         fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
             let n = self.data.read_at(offset, buf)?;
             self.read.set(self.read.get() + n as u64);

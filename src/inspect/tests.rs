@@ -9,6 +9,7 @@ use super::elf::tests::craft;
 use super::*;
 use crate::binfmt::{Handler, Rule};
 use crate::platform::Node;
+use crate::rootfs::Rootfs;
 
 const EM_X86_64: u16 = 62;
 const EM_AARCH64: u16 = 183;

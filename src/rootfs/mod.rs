@@ -25,18 +25,60 @@ use rustix::io::Errno;
 
 use serde::Serialize;
 
+use crate::source::{FileSource, Source};
+
 /// Linux MAXSYMLINKS.
 pub const MAX_SYMLINK_HOPS: usize = 40;
 
 /// runc's default PATH when the spec has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// A container root: overlay layers, top first. One directory is a one-layer stack.
+/// Metadata of one entry of one layer, links not followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub kind: FileKind,
+    pub mode: u32,
+    pub size: u64,
+    /// A character device 0/0: an overlay whiteout.
+    pub whiteout: bool,
+}
+
+/// Where the layers' entries come from: directories on disk ([`Dirs`]) or image layer
+/// archives (`verify`). Paths are relative to the layer root, symlink-free by construction.
+pub trait Layers {
+    /// What `stat` found, kept for `readlink` (a descriptor, an index).
+    type Node;
+    /// An open regular file.
+    type File: Source;
+    fn count(&self) -> usize;
+    /// The entry at `rel` in `layer`, or `None` when the layer has nothing there.
+    fn stat(&self, layer: usize, rel: &str) -> Result<Option<(Stat, Self::Node)>, RootfsError>;
+    fn readlink(&self, layer: usize, rel: &str, node: &Self::Node) -> Result<Vec<u8>, RootfsError>;
+    /// Whether the directory at `rel` in `layer` hides lower layers' content.
+    fn opaque(&self, layer: usize, rel: &str) -> Result<bool, RootfsError>;
+    /// Opens a regular file found by resolution.
+    fn open(&self, entry: &Entry) -> Result<Self::File, RootfsError>;
+    /// Mode of the root directory.
+    fn root_mode(&self) -> u32 {
+        0o755
+    }
+}
+
+/// A container root: layers, top first, seen as one merged tree.
 #[derive(Debug)]
-pub struct Rootfs {
-    layers: Vec<PathBuf>,
+pub struct Stack<L> {
+    layers: L,
+}
+
+/// Layer directories on disk (one directory is a one-layer stack).
+#[derive(Debug)]
+pub struct Dirs {
+    paths: Vec<PathBuf>,
     fds: Vec<OwnedFd>,
 }
+
+/// A container root on disk.
+pub type Rootfs = Stack<Dirs>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -168,7 +210,7 @@ impl Dir {
     }
 }
 
-enum Child {
+enum Child<N> {
     Missing,
     Dir(Dir),
     Other {
@@ -176,7 +218,7 @@ enum Child {
         kind: FileKind,
         mode: u32,
         size: u64,
-        fd: OwnedFd,
+        node: N,
     },
 }
 
@@ -196,6 +238,23 @@ fn kind_of(ft: FileType) -> FileKind {
 impl Rootfs {
     /// Layers top first. Each must be a directory; they are opened once (O_PATH|O_DIRECTORY).
     pub fn new(layers: Vec<PathBuf>) -> Result<Rootfs, RootfsError> {
+        Ok(Stack {
+            layers: Dirs::open(layers)?,
+        })
+    }
+
+    pub fn layers(&self) -> &[PathBuf] {
+        &self.layers.paths
+    }
+
+    /// Opens a found regular file for reading, confined to its layer (see [`Dirs`]).
+    pub fn open_regular(&self, entry: &Entry) -> Result<File, RootfsError> {
+        self.layers.open_regular(entry)
+    }
+}
+
+impl Dirs {
+    fn open(layers: Vec<PathBuf>) -> Result<Dirs, RootfsError> {
         let mut fds = Vec::with_capacity(layers.len());
         for l in &layers {
             let fd = rustix::fs::open(
@@ -215,10 +274,155 @@ impl Rootfs {
                 source: std::io::Error::other("no layers given"),
             });
         }
-        Ok(Rootfs { layers, fds })
+        Ok(Dirs { paths: layers, fds })
+    }
+    /// Opens a found regular file for reading, confined to its layer (openat2 with
+    /// RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, O_NOFOLLOW|O_NONBLOCK) and re-checks with fstat that
+    /// it is still a regular file. Callers read bounded amounts with `FileExt::read_at`.
+    pub fn open_regular(&self, entry: &Entry) -> Result<File, RootfsError> {
+        if entry.kind != FileKind::Regular {
+            return Err(RootfsError::NotRegular {
+                path: entry.path.clone(),
+            });
+        }
+        let io = |e: Errno| RootfsError::Io {
+            path: entry.path.clone(),
+            layer: entry.layer,
+            source: e.into(),
+        };
+        let layer_fd = self.fds.get(entry.layer).ok_or(RootfsError::NotRegular {
+            path: entry.path.clone(),
+        })?;
+        let rel = entry.path.trim_start_matches('/');
+        let fd = rustix::fs::openat2(
+            layer_fd,
+            rel,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
+            resolve_flags(),
+        )
+        .map_err(io)?;
+        let st = rustix::fs::fstat(&fd).map_err(io)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(RootfsError::NotRegular {
+                path: entry.path.clone(),
+            });
+        }
+        Ok(File::from(fd))
     }
 
-    pub fn layers(&self) -> &[PathBuf] {
+    /// Opens `rel` in `layer` without following anything.
+    fn open_in(&self, layer: usize, rel: &str) -> Result<Option<OwnedFd>, RootfsError> {
+        match rustix::fs::openat2(
+            &self.fds[layer],
+            rel,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve_flags(),
+        ) {
+            Ok(fd) => Ok(Some(fd)),
+            // Absent, or an ancestor in this layer is not a directory / is a link: the
+            // layer has nothing at this path.
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) | Err(Errno::XDEV) => {
+                Ok(None)
+            }
+            Err(e) => Err(RootfsError::Io {
+                path: format!("/{rel}"),
+                layer,
+                source: e.into(),
+            }),
+        }
+    }
+
+    fn exists_in(&self, layer: usize, rel: &str) -> Result<bool, RootfsError> {
+        Ok(self.open_in(layer, rel)?.is_some())
+    }
+
+    fn opaque_dir(&self, layer: usize, rel: &str) -> Result<bool, RootfsError> {
+        if self.exists_in(layer, &format!("{rel}/.wh..wh..opq"))? {
+            return Ok(true);
+        }
+        let Ok(fd) = rustix::fs::openat2(
+            &self.fds[layer],
+            rel,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve_flags(),
+        ) else {
+            return Ok(false);
+        };
+        for name in ["trusted.overlay.opaque", "user.overlay.opaque"] {
+            let mut buf = [0u8; 8];
+            if let Ok(n) = rustix::fs::fgetxattr(&fd, name, &mut buf) {
+                if buf[..n] == *b"y" {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+impl Layers for Dirs {
+    type Node = OwnedFd;
+    type File = FileSource;
+
+    fn count(&self) -> usize {
+        self.fds.len()
+    }
+
+    fn stat(&self, layer: usize, rel: &str) -> Result<Option<(Stat, OwnedFd)>, RootfsError> {
+        let Some(fd) = self.open_in(layer, rel)? else {
+            return Ok(None);
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| RootfsError::Io {
+            path: format!("/{rel}"),
+            layer,
+            source: e.into(),
+        })?;
+        let ft = FileType::from_raw_mode(st.st_mode);
+        let stat = Stat {
+            kind: kind_of(ft),
+            mode: st.st_mode & 0o7777,
+            size: st.st_size.max(0) as u64,
+            whiteout: ft == FileType::CharacterDevice && st.st_rdev == 0,
+        };
+        Ok(Some((stat, fd)))
+    }
+
+    fn readlink(&self, layer: usize, rel: &str, node: &OwnedFd) -> Result<Vec<u8>, RootfsError> {
+        let t = rustix::fs::readlinkat(node, "", Vec::new()).map_err(|e| RootfsError::Io {
+            path: format!("/{rel}"),
+            layer,
+            source: e.into(),
+        })?;
+        Ok(t.into_bytes())
+    }
+
+    fn opaque(&self, layer: usize, rel: &str) -> Result<bool, RootfsError> {
+        self.opaque_dir(layer, rel)
+    }
+
+    fn open(&self, entry: &Entry) -> Result<FileSource, RootfsError> {
+        Ok(FileSource::new(self.open_regular(entry)?, entry.size))
+    }
+
+    fn root_mode(&self) -> u32 {
+        self.fds
+            .first()
+            .and_then(|fd| rustix::fs::fstat(fd).ok())
+            .map(|s| s.st_mode & 0o7777)
+            .unwrap_or(0o755)
+    }
+}
+
+impl<L: Layers> Stack<L> {
+    /// A stack over any layer source.
+    pub fn from_layers(layers: L) -> Stack<L> {
+        Stack { layers }
+    }
+
+    pub fn backend(&self) -> &L {
         &self.layers
     }
 
@@ -291,131 +495,49 @@ impl Rootfs {
         })
     }
 
-    /// Opens a found regular file for reading, confined to its layer (openat2 with
-    /// RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, O_NOFOLLOW|O_NONBLOCK) and re-checks with fstat that
-    /// it is still a regular file. Callers read bounded amounts with `FileExt::read_at`.
-    pub fn open_regular(&self, entry: &Entry) -> Result<File, RootfsError> {
+    /// Opens a regular file found by resolution, for bounded reads.
+    pub fn open_file(&self, entry: &Entry) -> Result<L::File, RootfsError> {
         if entry.kind != FileKind::Regular {
             return Err(RootfsError::NotRegular {
                 path: entry.path.clone(),
             });
         }
-        let io = |e: Errno| RootfsError::Io {
-            path: entry.path.clone(),
-            layer: entry.layer,
-            source: e.into(),
-        };
-        let layer_fd = self.fds.get(entry.layer).ok_or(RootfsError::NotRegular {
-            path: entry.path.clone(),
-        })?;
-        let rel = entry.path.trim_start_matches('/');
-        let fd = rustix::fs::openat2(
-            layer_fd,
-            rel,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
-            Mode::empty(),
-            resolve_flags(),
-        )
-        .map_err(io)?;
-        let st = rustix::fs::fstat(&fd).map_err(io)?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return Err(RootfsError::NotRegular {
-                path: entry.path.clone(),
-            });
-        }
-        Ok(File::from(fd))
+        self.layers.open(entry)
     }
 
     fn root_dir(&self) -> Dir {
-        let mode = rustix::fs::fstat(&self.fds[0])
-            .map(|s| s.st_mode & 0o7777)
-            .unwrap_or(0o755);
         Dir {
             comps: Vec::new(),
-            layers: (0..self.fds.len()).collect(),
-            mode,
+            layers: (0..self.layers.count()).collect(),
+            mode: self.layers.root_mode(),
         }
-    }
-
-    /// Opens `rel` in `layer` without following anything.
-    fn open_in(&self, layer: usize, rel: &str) -> Result<Option<OwnedFd>, RootfsError> {
-        match rustix::fs::openat2(
-            &self.fds[layer],
-            rel,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            resolve_flags(),
-        ) {
-            Ok(fd) => Ok(Some(fd)),
-            // Absent, or an ancestor in this layer is not a directory / is a link: the
-            // layer has nothing at this path.
-            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) | Err(Errno::XDEV) => {
-                Ok(None)
-            }
-            Err(e) => Err(RootfsError::Io {
-                path: format!("/{rel}"),
-                layer,
-                source: e.into(),
-            }),
-        }
-    }
-
-    fn exists_in(&self, layer: usize, rel: &str) -> Result<bool, RootfsError> {
-        Ok(self.open_in(layer, rel)?.is_some())
-    }
-
-    fn opaque(&self, layer: usize, rel: &str) -> Result<bool, RootfsError> {
-        if self.exists_in(layer, &format!("{rel}/.wh..wh..opq"))? {
-            return Ok(true);
-        }
-        let Ok(fd) = rustix::fs::openat2(
-            &self.fds[layer],
-            rel,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            resolve_flags(),
-        ) else {
-            return Ok(false);
-        };
-        for name in ["trusted.overlay.opaque", "user.overlay.opaque"] {
-            let mut buf = [0u8; 8];
-            if let Ok(n) = rustix::fs::fgetxattr(&fd, name, &mut buf) {
-                if buf[..n] == *b"y" {
-                    return Ok(true);
-                }
-            }
-        }
-        Ok(false)
     }
 
     /// Looks `name` up in the merged directory `dir`.
-    fn child(&self, dir: &Dir, name: &str) -> Result<Child, RootfsError> {
+    fn child(&self, dir: &Dir, name: &str) -> Result<Child<L::Node>, RootfsError> {
         if name.starts_with(".wh.") {
             return Ok(Child::Missing);
         }
         let rel = dir.rel(name);
         let mut merged: Option<Dir> = None;
         for &layer in &dir.layers {
-            let fd = match self.open_in(layer, &rel)? {
-                Some(fd) => fd,
+            let (st, node) = match self.layers.stat(layer, &rel)? {
+                Some(x) => x,
                 None => {
-                    if self.exists_in(layer, &dir.rel(&format!(".wh.{name}")))? {
+                    if self
+                        .layers
+                        .stat(layer, &dir.rel(&format!(".wh.{name}")))?
+                        .is_some()
+                    {
                         break;
                     }
                     continue;
                 }
             };
-            let st = rustix::fs::fstat(&fd).map_err(|e| RootfsError::Io {
-                path: format!("/{rel}"),
-                layer,
-                source: e.into(),
-            })?;
-            let ft = FileType::from_raw_mode(st.st_mode);
-            if ft == FileType::CharacterDevice && st.st_rdev == 0 {
-                // Whiteout.
+            if st.whiteout {
                 break;
             }
-            if ft == FileType::Directory {
+            if st.kind == FileKind::Directory {
                 let d = merged.get_or_insert_with(|| Dir {
                     comps: {
                         let mut c = dir.comps.clone();
@@ -423,10 +545,10 @@ impl Rootfs {
                         c
                     },
                     layers: Vec::new(),
-                    mode: st.st_mode & 0o7777,
+                    mode: st.mode,
                 });
                 d.layers.push(layer);
-                if self.opaque(layer, &rel)? {
+                if self.layers.opaque(layer, &rel)? {
                     break;
                 }
                 continue;
@@ -437,10 +559,10 @@ impl Rootfs {
             }
             return Ok(Child::Other {
                 layer,
-                kind: kind_of(ft),
-                mode: st.st_mode & 0o7777,
-                size: st.st_size.max(0) as u64,
-                fd,
+                kind: st.kind,
+                mode: st.mode,
+                size: st.size,
+                node,
             });
         }
         Ok(merged.map_or(Child::Missing, Child::Dir))
@@ -486,7 +608,7 @@ impl Rootfs {
                 Child::Dir(d) => stack.push(d),
                 Child::Other {
                     kind: FileKind::Symlink,
-                    fd,
+                    node,
                     layer,
                     ..
                 } if more || follow_last || trailing_slash => {
@@ -494,14 +616,16 @@ impl Rootfs {
                     if hops.len() >= MAX_SYMLINK_HOPS {
                         return Ok(Resolved::Loop { hops });
                     }
-                    let target = rustix::fs::readlinkat(&fd, "", Vec::new()).map_err(|e| {
-                        RootfsError::Io {
-                            path: link.clone(),
-                            layer,
-                            source: e.into(),
+                    let rel = format!(
+                        "{}{comp}",
+                        if dir.comps.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{}/", dir.comps.join("/"))
                         }
-                    })?;
-                    let target = target.to_bytes();
+                    );
+                    let target = self.layers.readlink(layer, &rel, &node)?;
+                    let target = target.as_slice();
                     if target.len() > MAX_LINK_LEN || target.is_empty() {
                         return Ok(Resolved::NotFound {
                             missing: link,

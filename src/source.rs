@@ -19,6 +19,10 @@ pub trait Source {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Bytes read so far (for the bytes-per-inspection figure).
+    fn bytes_read(&self) -> u64 {
+        0
+    }
 }
 
 impl Source for [u8] {
@@ -50,13 +54,12 @@ impl FileSource {
             read: Cell::new(0),
         }
     }
-    /// Bytes read so far.
-    pub fn bytes_read(&self) -> u64 {
-        self.read.get()
-    }
 }
 
 impl Source for FileSource {
+    fn bytes_read(&self) -> u64 {
+        self.read.get()
+    }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let mut done = 0;
         while done < buf.len() {
