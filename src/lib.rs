@@ -31,3 +31,4 @@ pub mod report;
 pub mod rootfs;
 pub mod sinks;
 pub mod source;
+pub mod verify;

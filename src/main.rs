@@ -36,10 +36,23 @@ enum Command {
     Agent(AgentArgs),
     /// Reproduces the classic incidents on a private containerd and shows the diagnoses.
     Demo(DemoArgs),
+    /// Proves every platform of an image runs its own entrypoint (a CI guardrail).
+    Verify(VerifyArgs),
     /// Prints this node's diagnoses as a timeline (from the agent's API socket).
     Events(EventsArgs),
     /// Prints the agent's connection state and the verdict of every image on the node.
     Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// An OCI image layout directory, or an OCI or `docker save` tar archive.
+    target: PathBuf,
+    /// Platforms that must be present, e.g. linux/amd64,linux/arm64,linux/arm/v7.
+    #[arg(long, value_delimiter = ',')]
+    require_platforms: Vec<String>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -196,6 +209,7 @@ fn main() -> ExitCode {
         Command::Binfmt(a) => run_binfmt(a),
         Command::Agent(a) => run_agent(a),
         Command::Demo(a) => run_demo(a),
+        Command::Verify(a) => run_verify(a),
         Command::Events(a) => run_events(a),
         Command::Status(a) => run_status(a),
     };
@@ -598,4 +612,14 @@ fn run_status(a: StatusArgs) -> anyhow::Result<u8> {
         anyhow::Ok(())
     })?;
     Ok(0)
+}
+
+fn run_verify(a: VerifyArgs) -> anyhow::Result<u8> {
+    let report = archwatch::verify::verify(&a.target, &a.require_platforms)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", archwatch::verify::render(&report));
+    }
+    Ok(if report.ok { 0 } else { 1 })
 }

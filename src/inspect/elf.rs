@@ -262,7 +262,9 @@ fn arm_cpu_arch<S: Source + ?Sized>(src: &S, hdr: &Header, ctx: Ctx) -> io::Resu
         return Ok(None);
     }
     let bytes = read_vec(src, hdr.e_shoff, size)?;
-    let Ok(shdrs) = SectionHeader::parse(&bytes, 0, bytes.len() / entsize, ctx) else {
+    // parse_from: the table was read on its own, so offset 0 is its start (parse() would
+    // take offset 0 to mean "no section headers").
+    let Ok(shdrs) = SectionHeader::parse_from(&bytes, 0, bytes.len() / entsize, ctx) else {
         return Ok(None);
     };
     let Some(sh) = shdrs.iter().find(|s| s.sh_type == SHT_ARM_ATTRIBUTES) else {
@@ -571,5 +573,25 @@ pub(crate) mod tests {
         assert_eq!(parse_arm_attributes(&data, true), Some(10));
         assert_eq!(parse_arm_attributes(&data[..8], true), None);
         assert_eq!(parse_arm_attributes(b"B", true), None);
+    }
+}
+
+#[cfg(test)]
+mod fixture_tests {
+    use super::*;
+
+    /// Debian's armhf busybox-static names its CPU in .ARM.attributes (Tag_CPU_arch v7).
+    #[test]
+    fn real_armhf_binary_is_arm_v7() {
+        let dir = std::env::var("ARCHWATCH_FIXTURES")
+            .unwrap_or_else(|_| "/var/cache/archwatch-fixtures".into());
+        let Ok(bytes) = std::fs::read(format!("{dir}/busybox-armhf")) else {
+            assert!(std::env::var_os("CI").is_none(), "fixtures missing in CI");
+            return;
+        };
+        let Parsed::Elf(info) = parse(bytes.as_slice()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(info.arch.name(), "arm/v7");
     }
 }

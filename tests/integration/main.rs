@@ -10,3 +10,4 @@ mod image_build;
 mod kube;
 mod manifests;
 mod support;
+mod verify;

@@ -1,0 +1,318 @@
+//! Image layers read straight from their (gzip, zstd or plain) tar blobs, never unpacked to
+//! disk: a layer is indexed (entry metadata only) the first time resolution needs it, top
+//! layer first, so lower layers are never decompressed when an upper one decides the path;
+//! a file's bytes are taken on a second pass over its layer, bounded to its head and tail.
+
+use std::cell::{Cell, OnceCell};
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use crate::rootfs::{Entry, FileKind, Layers, RootfsError, Stat};
+use crate::source::Source;
+
+/// Bytes kept from the start of a file (ELF headers, program headers, PT_INTERP, `#!`).
+pub const HEAD_BYTES: usize = 1 << 20;
+/// Bytes kept from the end (section headers, where ARM attributes are found).
+pub const TAIL_BYTES: usize = 64 << 10;
+/// A layer with more entries than this is refused (a hostile archive).
+const MAX_ENTRIES: usize = 2_000_000;
+
+/// Opens a layer blob for reading, from the start.
+pub type Opener = Arc<dyn Fn() -> io::Result<Box<dyn Read>> + Send + Sync>;
+
+#[derive(Clone, Debug)]
+pub struct Meta {
+    kind: FileKind,
+    mode: u32,
+    size: u64,
+    link: Option<String>,
+    /// A hard link: the content is that of this path in the same layer.
+    hard: Option<String>,
+    whiteout: bool,
+}
+
+struct Layer {
+    open: Opener,
+    index: OnceCell<Result<HashMap<String, Meta>, String>>,
+}
+
+/// The layers of one image manifest, top first.
+pub struct TarLayers {
+    layers: Vec<Layer>,
+    indexed: Cell<usize>,
+}
+
+fn norm(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out.join("/")
+}
+
+/// Wraps a blob reader in the right decompressor, told by its magic.
+pub fn decompress(mut r: Box<dyn Read>) -> io::Result<Box<dyn Read>> {
+    let mut magic = [0u8; 4];
+    let mut n = 0;
+    while n < 4 {
+        match r.read(&mut magic[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let head = io::Cursor::new(magic[..n].to_vec());
+    let chained: Box<dyn Read> = Box::new(head.chain(r));
+    if magic[..n].starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::read::GzDecoder::new(chained)))
+    } else if magic[..n] == [0x28, 0xb5, 0x2f, 0xfd] {
+        let d = ruzstd::decoding::StreamingDecoder::new(chained)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        Ok(Box::new(d))
+    } else {
+        Ok(chained)
+    }
+}
+
+fn kind_of(t: tar::EntryType) -> Option<FileKind> {
+    Some(match t {
+        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Link => {
+            FileKind::Regular
+        }
+        tar::EntryType::Directory => FileKind::Directory,
+        tar::EntryType::Symlink => FileKind::Symlink,
+        tar::EntryType::Fifo => FileKind::Fifo,
+        tar::EntryType::Char => FileKind::CharDevice,
+        tar::EntryType::Block => FileKind::BlockDevice,
+        _ => return None,
+    })
+}
+
+fn index(open: &Opener) -> Result<HashMap<String, Meta>, String> {
+    let r = decompress(open().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let mut a = tar::Archive::new(r);
+    let mut map: HashMap<String, Meta> = HashMap::new();
+    let dir = Meta {
+        kind: FileKind::Directory,
+        mode: 0o755,
+        size: 0,
+        link: None,
+        hard: None,
+        whiteout: false,
+    };
+    for (n, e) in a.entries().map_err(|e| e.to_string())?.enumerate() {
+        if n > MAX_ENTRIES {
+            return Err(format!("more than {MAX_ENTRIES} entries"));
+        }
+        let e = e.map_err(|e| format!("tar: {e}"))?;
+        let h = e.header();
+        let Some(kind) = kind_of(h.entry_type()) else {
+            continue;
+        };
+        let path = norm(&e.path().map_err(|e| e.to_string())?.to_string_lossy());
+        if path.is_empty() {
+            continue;
+        }
+        let link = e
+            .link_name()
+            .ok()
+            .flatten()
+            .map(|l| l.to_string_lossy().into_owned());
+        let whiteout = kind == FileKind::CharDevice
+            && h.device_major().ok().flatten() == Some(0)
+            && h.device_minor().ok().flatten() == Some(0);
+        let meta = Meta {
+            kind,
+            mode: h.mode().unwrap_or(0o644) & 0o7777,
+            size: h.size().unwrap_or(0),
+            hard: if h.entry_type() == tar::EntryType::Link {
+                link.as_deref().map(norm)
+            } else {
+                None
+            },
+            link: if kind == FileKind::Symlink {
+                link
+            } else {
+                None
+            },
+            whiteout,
+        };
+        // Parents a tar may leave implicit.
+        let mut acc = String::new();
+        for c in path
+            .split('/')
+            .collect::<Vec<_>>()
+            .iter()
+            .rev()
+            .skip(1)
+            .rev()
+        {
+            acc = if acc.is_empty() {
+                (*c).to_string()
+            } else {
+                format!("{acc}/{c}")
+            };
+            map.entry(acc.clone()).or_insert_with(|| dir.clone());
+        }
+        map.insert(path, meta);
+    }
+    Ok(map)
+}
+
+impl TarLayers {
+    /// `layers` top first.
+    pub fn new(layers: Vec<Opener>) -> TarLayers {
+        TarLayers {
+            layers: layers
+                .into_iter()
+                .map(|open| Layer {
+                    open,
+                    index: OnceCell::new(),
+                })
+                .collect(),
+            indexed: Cell::new(0),
+        }
+    }
+
+    /// How many layers were read to decide (the rest were never decompressed).
+    pub fn layers_indexed(&self) -> usize {
+        self.indexed.get()
+    }
+
+    fn index(&self, layer: usize) -> Result<&HashMap<String, Meta>, RootfsError> {
+        let l = &self.layers[layer];
+        let r = l.index.get_or_init(|| {
+            self.indexed.set(self.indexed.get() + 1);
+            index(&l.open)
+        });
+        r.as_ref().map_err(|e| RootfsError::Io {
+            path: format!("layer {layer}"),
+            layer,
+            source: io::Error::new(io::ErrorKind::InvalidData, e.clone()),
+        })
+    }
+}
+
+/// A file's head and tail, read once from its layer.
+pub struct MemFile {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    size: u64,
+    read: Cell<u64>,
+}
+
+impl Source for MemFile {
+    /// Reads outside the kept head and tail return nothing: parsers then see a short file
+    /// there (the only such reads are ARM section headers of binaries over 1 MiB).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let n = if offset < self.head.len() as u64 {
+            self.head.as_slice().read_at(offset, buf)?
+        } else {
+            let tail_start = self.size - self.tail.len() as u64;
+            if offset >= tail_start && !self.tail.is_empty() {
+                self.tail.as_slice().read_at(offset - tail_start, buf)?
+            } else {
+                0
+            }
+        };
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+    fn len(&self) -> u64 {
+        self.size
+    }
+    fn bytes_read(&self) -> u64 {
+        self.read.get()
+    }
+}
+
+impl Layers for TarLayers {
+    type Node = Meta;
+    type File = MemFile;
+
+    fn count(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn stat(&self, layer: usize, rel: &str) -> Result<Option<(Stat, Meta)>, RootfsError> {
+        Ok(self.index(layer)?.get(&norm(rel)).map(|m| {
+            (
+                Stat {
+                    kind: m.kind,
+                    mode: m.mode,
+                    size: m.size,
+                    whiteout: m.whiteout,
+                },
+                m.clone(),
+            )
+        }))
+    }
+
+    fn readlink(&self, _layer: usize, _rel: &str, node: &Meta) -> Result<Vec<u8>, RootfsError> {
+        Ok(node.link.clone().unwrap_or_default().into_bytes())
+    }
+
+    fn opaque(&self, layer: usize, rel: &str) -> Result<bool, RootfsError> {
+        Ok(self
+            .index(layer)?
+            .contains_key(&format!("{}/.wh..wh..opq", norm(rel))))
+    }
+
+    fn open(&self, entry: &Entry) -> Result<MemFile, RootfsError> {
+        let rel = norm(&entry.path);
+        let target = self
+            .index(entry.layer)?
+            .get(&rel)
+            .and_then(|m| m.hard.clone())
+            .unwrap_or(rel);
+        let io_err = |source: io::Error| RootfsError::Io {
+            path: entry.path.clone(),
+            layer: entry.layer,
+            source,
+        };
+        let r = decompress((self.layers[entry.layer].open)().map_err(io_err)?).map_err(io_err)?;
+        let mut a = tar::Archive::new(r);
+        for e in a.entries().map_err(io_err)? {
+            let mut e = e.map_err(io_err)?;
+            if norm(&e.path().map_err(io_err)?.to_string_lossy()) != target
+                || e.header().entry_type().is_hard_link()
+            {
+                continue;
+            }
+            let size = e.header().size().unwrap_or(0);
+            let mut head = Vec::new();
+            (&mut e)
+                .take(HEAD_BYTES as u64)
+                .read_to_end(&mut head)
+                .map_err(io_err)?;
+            // The tail: keep the last TAIL_BYTES of what follows the head.
+            let mut tail: Vec<u8> = Vec::new();
+            let mut chunk = vec![0u8; 64 << 10];
+            loop {
+                let n = e.read(&mut chunk).map_err(io_err)?;
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&chunk[..n]);
+                if tail.len() > TAIL_BYTES {
+                    tail.drain(..tail.len() - TAIL_BYTES);
+                }
+            }
+            return Ok(MemFile {
+                head,
+                tail,
+                size,
+                read: Cell::new(0),
+            });
+        }
+        Err(RootfsError::NotRegular {
+            path: entry.path.clone(),
+        })
+    }
+}

@@ -1,0 +1,272 @@
+//! `archwatch verify` over layouts and archives built here with several platforms, checked
+//! against skopeo's own reading of the same layout.
+
+use std::path::Path;
+use std::process::Command;
+
+use archwatch::oci::{ImageSpec, Item, Layer, Layout};
+
+use crate::support;
+
+fn bb(deb: &str) -> Item {
+    Item::file("/bin/busybox", support::busybox(deb), 0o755)
+}
+
+fn spec(oci_arch: &str, variant: Option<&str>, layers: Vec<Layer>) -> ImageSpec {
+    let mut s = ImageSpec::new(oci_arch, &["/bin/busybox", "true"], layers);
+    s.variant = variant.map(str::to_string);
+    s
+}
+
+/// Writes a multi-platform layout tagged `v1`; returns its directory.
+fn layout(dir: &Path, platforms: Vec<ImageSpec>) -> std::path::PathBuf {
+    let mut l = Layout::new();
+    let ms = platforms.iter().map(|p| l.add_image(p).unwrap()).collect();
+    let idx = l.add_index(ms).unwrap();
+    l.tag("archwatch.test/app:v1", &idx);
+    l.write_dir(dir).unwrap();
+    let mut arch = dir.as_os_str().to_owned();
+    arch.push(".tar");
+    l.write_archive(Path::new(&arch)).unwrap();
+    dir.to_path_buf()
+}
+
+fn verify(target: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    let out = support::archwatch()
+        .arg("verify")
+        .arg(target)
+        .arg("--json")
+        .args(extra)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap(), v)
+}
+
+fn platform<'a>(v: &'a serde_json::Value, p: &str) -> &'a serde_json::Value {
+    v["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["platform"] == p)
+        .unwrap_or_else(|| panic!("no {p} in {v:#}"))
+}
+
+#[test]
+fn every_platform_must_carry_its_own_binary() {
+    let work = tempfile::tempdir().unwrap();
+    // Good: each platform its own busybox.
+    let good = layout(
+        &work.path().join("good"),
+        vec![
+            spec("amd64", None, vec![Layer(vec![bb("amd64")])]),
+            spec("arm64", None, vec![Layer(vec![bb("arm64")])]),
+            spec("arm", Some("v7"), vec![Layer(vec![bb("armhf")])]),
+        ],
+    );
+    let (code, v) = verify(&good, &["--require-platforms", "linux/amd64,linux/arm64"]);
+    assert_eq!(code, 0, "{v:#}");
+    for p in ["linux/amd64", "linux/arm64", "linux/arm/v7"] {
+        assert_eq!(platform(&v, p)["verdict"], "ok", "{p}: {v:#}");
+    }
+    assert_eq!(platform(&v, "linux/arm/v7")["binary_arch"], "arm/v7");
+    // skopeo reads the same index: same platforms, same manifest digests.
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}:v1", good.display()))
+        .output()
+        .unwrap();
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    let idx: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    for m in idx["manifests"].as_array().unwrap() {
+        let p = &m["platform"];
+        let name = match p["variant"].as_str() {
+            Some(var) => format!(
+                "{}/{}/{var}",
+                p["os"].as_str().unwrap(),
+                p["architecture"].as_str().unwrap()
+            ),
+            None => format!(
+                "{}/{}",
+                p["os"].as_str().unwrap(),
+                p["architecture"].as_str().unwrap()
+            ),
+        };
+        assert_eq!(
+            platform(&v, &name)["manifest_digest"],
+            m["digest"],
+            "{name}"
+        );
+    }
+    let digest = v["deploy_digest"].as_str().unwrap().to_string();
+    let index_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(good.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index_json["manifests"][0]["digest"],
+        digest.as_str(),
+        "deploy by the manifest list's digest"
+    );
+    // The archive form gives the same answer.
+    let (code, va) = verify(&work.path().join("good.tar"), &[]);
+    assert_eq!(code, 0);
+    assert_eq!(va["platforms"].as_array().unwrap().len(), 3);
+
+    // The multi-stage build copied the amd64 artifact into the arm64 image.
+    let wrong = layout(
+        &work.path().join("wrong"),
+        vec![
+            spec("amd64", None, vec![Layer(vec![bb("amd64")])]),
+            spec("arm64", None, vec![Layer(vec![bb("amd64")])]),
+        ],
+    );
+    let (code, v) = verify(&wrong, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(platform(&v, "linux/amd64")["verdict"], "ok");
+    let arm = platform(&v, "linux/arm64");
+    assert_eq!(arm["verdict"], "arch_mismatch", "{arm:#}");
+    assert_eq!(arm["binary_arch"], "amd64");
+    assert!(
+        arm["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["code"] == "config_arch_mismatch"),
+        "{arm:#}"
+    );
+    let human = support::archwatch()
+        .arg("verify")
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("linux/arm64")
+            && text.contains("arch_mismatch")
+            && text.contains("fix:")
+            && text.contains("FAIL"),
+        "{text}"
+    );
+
+    // A required platform is missing.
+    let (code, v) = verify(&good, &["--require-platforms", "linux/amd64,linux/s390x"]);
+    assert_eq!(code, 1);
+    assert_eq!(v["missing_platforms"], serde_json::json!(["linux/s390x"]));
+
+    // arm/v7 vs arm64: a 32-bit ARM binary does not pass for arm64, nor arm64 for arm/v7.
+    let mixed = layout(
+        &work.path().join("mixed"),
+        vec![
+            spec("arm64", None, vec![Layer(vec![bb("armhf")])]),
+            spec("arm", Some("v7"), vec![Layer(vec![bb("arm64")])]),
+        ],
+    );
+    let (code, v) = verify(&mixed, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(platform(&v, "linux/arm64")["verdict"], "arch_mismatch");
+    assert_eq!(platform(&v, "linux/arm64")["binary_arch"], "arm/v7");
+    assert_eq!(platform(&v, "linux/arm/v7")["verdict"], "arch_mismatch");
+}
+
+#[test]
+fn layers_are_read_top_down_with_symlinks_and_whiteouts() {
+    let work = tempfile::tempdir().unwrap();
+    // The entrypoint is a symlink in the top layer to a binary in the bottom one.
+    let mut linked = ImageSpec::new(
+        "amd64",
+        &["/entry", "true"],
+        vec![
+            Layer(vec![bb("amd64")]),
+            Layer(vec![Item::file("/etc/motd", b"hi".to_vec(), 0o644)]),
+            Layer(vec![Item::symlink("/entry", "/bin/busybox")]),
+        ],
+    );
+    linked.cmd = Vec::new();
+    // A later layer deletes the entrypoint.
+    let whiteout = ImageSpec::new(
+        "amd64",
+        &["/app", "true"],
+        vec![
+            Layer(vec![Item::file("/app", support::busybox("amd64"), 0o755)]),
+            Layer(vec![Item::Whiteout {
+                path: "/app".into(),
+            }]),
+        ],
+    );
+    // An opaque directory hides the lower layer's binary.
+    let opaque = ImageSpec::new(
+        "amd64",
+        &["/opt/bin/app"],
+        vec![
+            Layer(vec![Item::file(
+                "/opt/bin/app",
+                support::busybox("amd64"),
+                0o755,
+            )]),
+            Layer(vec![Item::Opaque {
+                dir: "/opt/bin".into(),
+            }]),
+        ],
+    );
+    for (name, s, want) in [
+        ("linked", linked, "ok"),
+        ("whiteout", whiteout, "not_found"),
+        ("opaque", opaque, "not_found"),
+    ] {
+        let mut l = Layout::new();
+        let m = l.add_image(&s).unwrap();
+        l.tag("archwatch.test/x:v1", &m);
+        let dir = work.path().join(name);
+        l.write_dir(&dir).unwrap();
+        let (code, v) = verify(&dir, &[]);
+        assert_eq!(v["platforms"][0]["verdict"], want, "{name}: {v:#}");
+        assert_eq!(code, i32::from(want != "ok"), "{name}");
+        assert!(
+            v["deploy_digest"].is_null(),
+            "a single manifest has no index digest"
+        );
+    }
+    // A docker-save archive of the linked image, made by skopeo.
+    let src = work.path().join("linked");
+    let tar = work.path().join("docker.tar");
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:v1", src.display()))
+        .arg(format!(
+            "docker-archive:{}:archwatch.test/x:v1",
+            tar.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, v) = verify(&tar, &[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["platforms"][0]["platform"], "linux/amd64");
+}
+
+#[test]
+fn unreadable_input_is_exit_two_with_a_clear_error() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("junk.tar"), b"not a tar").unwrap();
+    for target in [
+        work.path().join("junk.tar"),
+        work.path().to_path_buf(),
+        work.path().join("absent"),
+    ] {
+        let out = support::archwatch()
+            .arg("verify")
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", target.display());
+        assert!(!out.stderr.is_empty());
+    }
+}
