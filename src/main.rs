@@ -46,8 +46,12 @@ enum Command {
 
 #[derive(Args)]
 struct VerifyArgs {
-    /// An OCI image layout directory, or an OCI or `docker save` tar archive.
-    target: PathBuf,
+    /// An OCI image layout directory, an OCI or `docker save` tar archive, or a registry
+    /// reference (`registry/repo:tag`, `registry/repo@sha256:...`).
+    target: String,
+    /// Talk to the registry over plain HTTP.
+    #[arg(long)]
+    plain_http: bool,
     /// Platforms that must be present, e.g. linux/amd64,linux/arm64,linux/arm/v7.
     #[arg(long, value_delimiter = ',')]
     require_platforms: Vec<String>,
@@ -615,7 +619,17 @@ fn run_status(a: StatusArgs) -> anyhow::Result<u8> {
 }
 
 fn run_verify(a: VerifyArgs) -> anyhow::Result<u8> {
-    let report = archwatch::verify::verify(&a.target, &a.require_platforms)?;
+    let path = std::path::Path::new(&a.target);
+    let report = if path.exists() {
+        archwatch::verify::verify(path, &a.require_platforms)?
+    } else if a.target.contains('/') && !a.target.starts_with('/') && !a.target.starts_with('.') {
+        archwatch::verify::verify_reference(&a.target, a.plain_http, &a.require_platforms)?
+    } else {
+        bail!(
+            "{}: no such file or directory, and not a registry reference",
+            a.target
+        );
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

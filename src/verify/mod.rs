@@ -8,6 +8,7 @@
 //! verdict as `archwatch inspect` with that platform as the node.
 
 pub mod layers;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -36,6 +37,8 @@ pub enum VerifyError {
     Image(#[from] image::ImageError),
     #[error("docker-save manifest.json: {0}")]
     DockerManifest(String),
+    #[error("registry: {0}")]
+    Registry(String),
 }
 
 impl VerifyError {
@@ -46,6 +49,7 @@ impl VerifyError {
             VerifyError::MissingBlob(_) => "missing_blob",
             VerifyError::Image(e) => e.kind(),
             VerifyError::DockerManifest(_) => "docker_manifest",
+            VerifyError::Registry(_) => "registry",
         }
     }
 }
@@ -145,6 +149,22 @@ pub struct Report {
     pub platforms: Vec<PlatformReport>,
     pub missing_platforms: Vec<String>,
     pub ok: bool,
+}
+
+/// Verifies a registry reference (`registry/repo:tag` or `...@sha256:...`).
+pub fn verify_reference(
+    reference: &str,
+    plain_http: bool,
+    required: &[String],
+) -> Result<Report, VerifyError> {
+    let dir = tempfile::tempdir().map_err(|source| VerifyError::Io {
+        path: "temp dir".into(),
+        source,
+    })?;
+    registry::fetch(reference, plain_http, dir.path())?;
+    let mut r = verify(dir.path(), required)?;
+    r.target = reference.to_string();
+    Ok(r)
 }
 
 /// Reads `target` and verifies every platform; `required` like `linux/amd64`, `linux/arm/v7`.

@@ -270,3 +270,54 @@ fn unreadable_input_is_exit_two_with_a_clear_error() {
         assert!(!out.stderr.is_empty());
     }
 }
+
+#[test]
+fn a_real_registry_over_plain_http() {
+    let work = tempfile::tempdir().unwrap();
+    let reg = archwatch::lab::Registry::start()
+        .expect("docker-registry (scripts/install-deps installs it)");
+    layout(
+        &work.path().join("good"),
+        vec![
+            spec("amd64", None, vec![Layer(vec![bb("amd64")])]),
+            spec("arm64", None, vec![Layer(vec![bb("arm64")])]),
+        ],
+    );
+    layout(
+        &work.path().join("wrong"),
+        vec![
+            spec("amd64", None, vec![Layer(vec![bb("amd64")])]),
+            spec("arm64", None, vec![Layer(vec![bb("amd64")])]),
+        ],
+    );
+    let good = reg
+        .push(&work.path().join("good.tar"), "v1", "shop/good")
+        .unwrap();
+    let wrong = reg
+        .push(&work.path().join("wrong.tar"), "v1", "shop/wrong")
+        .unwrap();
+    let (code, v) = verify(
+        Path::new(&good),
+        &[
+            "--plain-http",
+            "--require-platforms",
+            "linux/amd64,linux/arm64",
+        ],
+    );
+    assert_eq!(code, 0, "{v:#}");
+    let digest = v["deploy_digest"].as_str().unwrap().to_string();
+    // By digest, as one should deploy.
+    let by_digest = format!("{}@{digest}", good.rsplit_once(':').unwrap().0);
+    let (code, v2) = verify(Path::new(&by_digest), &["--plain-http"]);
+    assert_eq!(code, 0, "{v2:#}");
+    assert_eq!(v2["deploy_digest"], digest.as_str());
+    let (code, v) = verify(Path::new(&wrong), &["--plain-http"]);
+    assert_eq!(code, 1);
+    assert_eq!(platform(&v, "linux/arm64")["verdict"], "arch_mismatch");
+    // An unreachable registry is an input error (exit 2), not a verdict.
+    let out = support::archwatch()
+        .args(["verify", "--plain-http", "127.0.0.1:1/shop/none:v1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
