@@ -485,23 +485,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let stop = tokio_util::sync::CancellationToken::new();
-        let signals = stop.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::info!("Stopping: draining in-flight inspections.");
-            signals.cancel();
-        });
+        let stop = stop_on_signals(|| tracing::info!("Stopping: draining in-flight inspections."));
         archwatch::agent::run(cfg, stop, None).await
     })?;
     Ok(0)
@@ -519,23 +503,7 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let stop = tokio_util::sync::CancellationToken::new();
-        let signals = stop.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            eprintln!("archwatch demo: interrupted, cleaning up");
-            signals.cancel();
-        });
+        let stop = stop_on_signals(|| eprintln!("archwatch demo: interrupted, cleaning up"));
         archwatch::demo::run(a.fixtures, stop).await
     })?;
     Ok(0)
@@ -636,4 +604,29 @@ fn run_verify(a: VerifyArgs) -> anyhow::Result<u8> {
         print!("{}", archwatch::verify::render(&report));
     }
     Ok(if report.ok { 0 } else { 1 })
+}
+
+/// The one place signals are handled: SIGTERM or SIGINT cancels the returned token (after
+/// `on_signal`), and the task drains from there.
+fn stop_on_signals(
+    on_signal: impl FnOnce() + Send + 'static,
+) -> tokio_util::sync::CancellationToken {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        on_signal();
+        token.cancel();
+    });
+    stop
 }
