@@ -31,4 +31,5 @@ pub mod report;
 pub mod rootfs;
 pub mod sinks;
 pub mod source;
+pub mod tls;
 pub mod verify;

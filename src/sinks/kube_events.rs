@@ -469,7 +469,7 @@ pub async fn client(mode: &str) -> Option<kube::Client> {
         return None;
     }
     match kube::Config::infer().await {
-        Ok(cfg) => match kube::Client::try_from(cfg) {
+        Ok(cfg) => match crate::tls::kube_client(cfg) {
             Ok(c) => Some(c),
             Err(e) => {
                 warn!(error = %e, "Kubernetes client could not be built; Events are off.");

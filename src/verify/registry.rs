@@ -67,6 +67,7 @@ async fn fetch_async(reference: &str, plain_http: bool, dir: &Path) -> Result<St
     let r: Reference = reference
         .parse()
         .map_err(|e| err(&format!("reference {reference}"), e))?;
+    crate::tls::install_crypto_provider();
     let client = Client::new(ClientConfig {
         protocol: if plain_http {
             ClientProtocol::Http

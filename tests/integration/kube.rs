@@ -172,7 +172,7 @@ fn diagnosis(pod: &str) -> Diagnosis {
 }
 
 fn client(url: &str) -> kube::Client {
-    kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
+    archwatch::tls::kube_client(kube::Config::new(url.parse().unwrap())).unwrap()
 }
 
 fn counter(m: &Metrics, result: &str) -> u64 {
