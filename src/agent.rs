@@ -35,6 +35,7 @@ use crate::diagnose::{Diagnosis, Identity};
 use crate::inspect::{self, Finding, Inspection, Request, Verdict};
 use crate::pipeline::{Key, Process, Tracker, Windows};
 use crate::platform::Node;
+use crate::replay::Recording;
 use crate::rootfs::Rootfs;
 use crate::sinks::api::{self, ApiState};
 use crate::sinks::http::{self, Readiness};
@@ -61,6 +62,8 @@ pub struct Config {
     pub kube: String,
     /// Events waiting for the API server beyond this are dropped, oldest first.
     pub kube_queue: usize,
+    /// A kubeconfig to use instead of the in-cluster config or `$KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
     /// Serve the gRPC API (diagnosis stream, image verdicts, status) on this unix socket.
     pub api_socket: Option<PathBuf>,
     /// The host's /proc (hostPID or a hostPath mount in a pod), to confirm emulation from
@@ -133,11 +136,91 @@ enum Record<'a> {
 enum Input {
     /// A fresh connection and everything containerd lists right after subscribing.
     Reconciled {
-        client: Client,
+        client: Lookup,
         listing: Box<Listing>,
     },
     Event(Envelope),
     Disconnected,
+    /// Answered once every job started so far has finished (a replay's end).
+    Drained(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Where the pipeline reads what events do not carry: containerd, or a recording.
+#[derive(Clone)]
+enum Lookup {
+    Live(Client),
+    Recorded(Arc<Recording>),
+}
+
+fn not_recorded(call: &'static str) -> ContainerdError {
+    ContainerdError::Rpc {
+        call,
+        status: Box::new(tonic::Status::not_found("not in the recording")),
+    }
+}
+
+impl Lookup {
+    async fn container(
+        &self,
+        ns: &str,
+        id: &str,
+    ) -> Result<containerd_client::services::v1::Container, ContainerdError> {
+        match self {
+            Lookup::Live(c) => c.container(ns, id).await,
+            Lookup::Recorded(r) => r
+                .containers
+                .get(&(ns.to_string(), id.to_string()))
+                .cloned()
+                .ok_or_else(|| not_recorded("Containers.Get")),
+        }
+    }
+
+    async fn snapshot_layers(
+        &self,
+        ns: &str,
+        snapshotter: &str,
+        key: &str,
+    ) -> Result<Vec<PathBuf>, ContainerdError> {
+        match self {
+            Lookup::Live(c) => c.snapshot_layers(ns, snapshotter, key).await,
+            Lookup::Recorded(r) => r
+                .snapshots
+                .get(key)
+                .cloned()
+                .ok_or_else(|| not_recorded("Snapshots.Mounts")),
+        }
+    }
+
+    async fn image_digest(&self, ns: &str, name: &str) -> Option<String> {
+        match self {
+            Lookup::Live(c) => c.image(ns, name).await.ok()?.target.map(|t| t.digest),
+            Lookup::Recorded(r) => r.images.get(&(ns.to_string(), name.to_string())).cloned(),
+        }
+    }
+}
+
+/// What feeds the pipeline: containerd's event stream, or a replay of one.
+pub enum Feed {
+    Containerd,
+    Replay(Replay),
+}
+
+/// A recorded event stream to push through the pipeline, as fast as it goes or paced.
+pub struct Replay {
+    pub recording: Arc<Recording>,
+    pub envelopes: Vec<containerd_client::types::Envelope>,
+    /// Envelopes per second; `None` for as fast as the pipeline takes them.
+    pub per_second: Option<f64>,
+    /// Told when every envelope was decoded and every job they started has finished.
+    pub done: tokio::sync::oneshot::Sender<ReplayStats>,
+}
+
+/// What a replay took.
+#[derive(Clone, Debug)]
+pub struct ReplayStats {
+    pub envelopes: usize,
+    pub decode_errors: usize,
+    pub elapsed: Duration,
 }
 
 #[derive(Default)]
@@ -238,6 +321,17 @@ pub async fn run(
     stop: CancellationToken,
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), AgentError> {
+    run_fed(cfg, Feed::Containerd, stop, bound).await
+}
+
+/// [`run`], fed by containerd or by a replay (benchmarks and load tests drive the whole
+/// agent, sinks included, with a recorded stream this way).
+pub async fn run_fed(
+    cfg: Config,
+    feed: Feed,
+    stop: CancellationToken,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<(), AgentError> {
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -286,15 +380,18 @@ pub async fn run(
     ));
 
     let (tx, rx) = mpsc::channel::<Input>(1024);
-    let watcher = tokio::spawn(watch_containerd(
-        cfg.clone(),
-        metrics.clone(),
-        tx,
-        stop.clone(),
-    ));
+    let watcher = match feed {
+        Feed::Containerd => tokio::spawn(watch_containerd(
+            cfg.clone(),
+            metrics.clone(),
+            tx,
+            stop.clone(),
+        )),
+        Feed::Replay(r) => tokio::spawn(replay_feed(cfg.clone(), metrics.clone(), r, tx)),
+    };
     let mut events = None;
     let mut publisher = None;
-    if let Some(client) = kube_events::client(&cfg.kube).await {
+    if let Some(client) = kube_events::client(&cfg.kube, cfg.kubeconfig.as_deref()).await {
         let handle = kube_events::EventsHandle::new(cfg.kube_queue, metrics.clone());
         info!(queue = cfg.kube_queue, "Sending Kubernetes Events.");
         publisher = Some(tokio::spawn(kube_events::publish(
@@ -466,7 +563,7 @@ async fn session(
     info!(address = %cfg.address.display(), containers = listing.containers.len(), images = listing.images.len(), "Connected to containerd.");
     if tx
         .send(Input::Reconciled {
-            client: client.clone(),
+            client: Lookup::Live(client.clone()),
             listing: Box::new(listing),
         })
         .await
@@ -486,15 +583,9 @@ async fn session(
             _ = stop.cancelled() => return Ok(()),
             item = stream.next() => match item {
                 Some(Ok(env)) => {
-                    metrics.containerd_events.get_or_create(&metrics::TopicLabels { topic: event::topic_label(&env.topic).into() }).inc();
-                    if !wanted(cfg, &env.namespace) {
-                        continue;
-                    }
-                    match event::decode(&env) {
-                        Ok(e) => if tx.send(Input::Event(e)).await.is_err() { return Ok(()) },
-                        Err(e) => {
-                            metrics.inspection_errors.get_or_create(&metrics::KindLabels { kind: "event_decode".into() }).inc();
-                            warn!(error = %e, "Undecodable containerd event.");
+                    if let Some(e) = accept(cfg, metrics, &env) {
+                        if tx.send(Input::Event(e)).await.is_err() {
+                            return Ok(());
                         }
                     }
                 }
@@ -503,6 +594,74 @@ async fn session(
             }
         }
     }
+}
+
+/// Counts an envelope and decodes it, if its namespace is watched.
+fn accept(
+    cfg: &Config,
+    metrics: &Metrics,
+    env: &containerd_client::types::Envelope,
+) -> Option<Envelope> {
+    metrics
+        .containerd_events
+        .get_or_create(&metrics::TopicLabels {
+            topic: event::topic_label(&env.topic).into(),
+        })
+        .inc();
+    if !wanted(cfg, &env.namespace) {
+        return None;
+    }
+    match event::decode(env) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            metrics
+                .inspection_errors
+                .get_or_create(&metrics::KindLabels {
+                    kind: "event_decode".into(),
+                })
+                .inc();
+            warn!(error = %e, "Undecodable containerd event.");
+            None
+        }
+    }
+}
+
+/// Pushes a recorded stream through the pipeline in place of containerd.
+async fn replay_feed(cfg: Config, metrics: Metrics, r: Replay, tx: mpsc::Sender<Input>) {
+    let start = tokio::time::Instant::now();
+    let mut stats = ReplayStats {
+        envelopes: r.envelopes.len(),
+        decode_errors: 0,
+        elapsed: Duration::ZERO,
+    };
+    let reconciled = Input::Reconciled {
+        client: Lookup::Recorded(r.recording),
+        listing: Box::default(),
+    };
+    if tx.send(reconciled).await.is_err() {
+        return;
+    }
+    metrics.containerd_connected.set(1);
+    for (i, env) in r.envelopes.iter().enumerate() {
+        if let Some(rate) = r.per_second {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+        }
+        match accept(&cfg, &metrics, env) {
+            Some(e) => {
+                if tx.send(Input::Event(e)).await.is_err() {
+                    return;
+                }
+            }
+            None => stats.decode_errors += usize::from(wanted(&cfg, &env.namespace)),
+        }
+    }
+    let (t, drained) = tokio::sync::oneshot::channel();
+    if tx.send(Input::Drained(t)).await.is_err() {
+        return;
+    }
+    let _ = drained.await;
+    stats.elapsed = start.elapsed();
+    let _ = r.done.send(stats);
 }
 
 async fn list_everything(cfg: &Config, client: &Client) -> Result<Listing, ContainerdError> {
@@ -532,7 +691,8 @@ const TASK_PAUSED: i32 = 4;
 struct Pipeline {
     cfg: Config,
     tracker: Tracker,
-    client: Option<Client>,
+    client: Option<Lookup>,
+    drained: Vec<tokio::sync::oneshot::Sender<()>>,
     binfmt: watch::Receiver<Arc<Table>>,
     images: HashMap<(String, String), ImageRecord>,
     images_in_flight: HashSet<(String, String)>,
@@ -561,6 +721,7 @@ async fn pipeline(
         tracker: Tracker::new(&cfg.node_name, cfg.windows),
         cfg,
         client: None,
+        drained: Vec::new(),
         binfmt,
         images: HashMap::new(),
         images_in_flight: HashSet::new(),
@@ -592,6 +753,11 @@ async fn pipeline(
             }
             Ok(()) = p.binfmt.changed() => p.binfmt_changed(),
         }
+        if p.jobs.is_empty() {
+            for t in p.drained.drain(..) {
+                let _ = t.send(());
+            }
+        }
     }
     // Drain: let in-flight jobs finish (and remove their views), within a deadline.
     let deadline = tokio::time::sleep(Duration::from_secs(5));
@@ -620,6 +786,7 @@ impl Pipeline {
                 self.sinks.api.set_connected(true, true);
             }
             Input::Event(env) => self.event(env),
+            Input::Drained(t) => self.drained.push(t),
         }
     }
 
@@ -835,12 +1002,7 @@ impl Pipeline {
                     });
                 }
             };
-            let digest = client
-                .image(&key.namespace, &c.image)
-                .await
-                .ok()
-                .and_then(|i| i.target)
-                .map(|t| t.digest);
+            let digest = client.image_digest(&key.namespace, &c.image).await;
             let label = |k: &str| c.labels.get(k).cloned();
             let who = Identity {
                 containerd_namespace: key.namespace.clone(),
@@ -1109,7 +1271,8 @@ impl Pipeline {
     }
 
     fn inspect_image(&mut self, ns: String, name: String) {
-        let Some(client) = self.client.clone() else {
+        // A recording carries no image content: images are judged live only.
+        let Some(Lookup::Live(client)) = self.client.clone() else {
             return;
         };
         if !self.images_in_flight.insert((ns.clone(), name.clone())) {

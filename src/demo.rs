@@ -180,6 +180,7 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
         windows: Windows::default(),
         kube: "off".into(),
         kube_queue: 0,
+        kubeconfig: None,
         api_socket: None,
         proc_dir: PathBuf::from("/proc"),
     };

@@ -27,6 +27,7 @@ pub mod lab;
 pub mod oci;
 pub mod pipeline;
 pub mod platform;
+pub mod replay;
 pub mod report;
 pub mod rootfs;
 pub mod sinks;

@@ -116,6 +116,9 @@ struct AgentArgs {
     /// Kubernetes Events: auto (in-cluster or kubeconfig when present) or off.
     #[arg(long, default_value = "auto", value_parser = ["auto", "off"])]
     kube: String,
+    /// Use this kubeconfig (default: in-cluster config, then $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, env = "ARCHWATCH_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
     /// Events waiting for the API server beyond this many are dropped, oldest first.
     #[arg(long, default_value_t = 1024)]
     kube_queue: usize,
@@ -476,6 +479,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
         windows: archwatch::pipeline::Windows::default(),
         kube: a.kube.clone(),
         kube_queue: a.kube_queue,
+        kubeconfig: a.kubeconfig.clone(),
         api_socket: (a.api_socket.as_os_str() != "off").then_some(a.api_socket.clone()),
         proc_dir: a.proc_dir.clone(),
     };

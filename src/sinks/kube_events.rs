@@ -255,10 +255,7 @@ impl Bucket {
         }
     }
     pub fn take(&mut self, now: Instant) -> bool {
-        self.tokens = (self.tokens
-            + now.saturating_duration_since(self.at).as_secs_f64() * self.per_sec)
-            .min(self.burst);
-        self.at = now;
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -266,7 +263,37 @@ impl Bucket {
             false
         }
     }
+
+    fn refill(&mut self, now: Instant) {
+        self.tokens = (self.tokens
+            + now.saturating_duration_since(self.at).as_secs_f64() * self.per_sec)
+            .min(self.burst);
+        self.at = now;
+    }
+
+    /// Takes a token from both buckets or from neither; `keep` tokens of `node` stay for
+    /// writes of higher priority.
+    pub fn take_both(object: &mut Bucket, node: &mut Bucket, keep: f64, now: Instant) -> bool {
+        object.refill(now);
+        node.refill(now);
+        if object.tokens >= 1.0 && node.tokens >= 1.0 + keep {
+            object.tokens -= 1.0;
+            node.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Refilled to its burst by `now`: forgetting it changes nothing.
+    pub fn is_full(&self, now: Instant) -> bool {
+        self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * self.per_sec
+            >= self.burst
+    }
 }
+
+/// Per-object buckets kept before the full ones are forgotten.
+const MAX_BUCKETS: usize = 10_000;
 
 /// Rate limits, overridable for tests.
 #[derive(Clone, Copy, Debug)]
@@ -327,10 +354,20 @@ pub async fn publish(
         };
         let now = Instant::now();
         let key = spec.series_key();
+        if buckets.len() >= MAX_BUCKETS {
+            buckets.retain(|_, b| !b.is_full(now));
+        }
         let object = buckets
             .entry(spec.object_key())
             .or_insert_with(|| Bucket::new(limits.object_burst, limits.object_refill));
-        let allowed = object.take(now) && node_bucket.take(now);
+        // A series update leaves a quarter of the node's burst to first occurrences: under
+        // a flood, every failing pod gets its Event before any pod gets a repeat counted.
+        let keep = if series.contains_key(&key) {
+            f64::from(limits.node_burst) / 4.0
+        } else {
+            0.0
+        };
+        let allowed = Bucket::take_both(object, &mut node_bucket, keep, now);
         if let Some(s) = series.get_mut(&key) {
             s.count += 1;
             if !allowed {
@@ -463,12 +500,28 @@ where
     Err(format!("gave up after {} attempts", limits.max_attempts))
 }
 
-/// Connects per `--kube`: `off` never; `auto` in-cluster or a kubeconfig, or none.
-pub async fn client(mode: &str) -> Option<kube::Client> {
+/// Connects per `--kube`: `off` never; `auto` the given kubeconfig, else in-cluster or
+/// `$KUBECONFIG`, or none.
+pub async fn client(mode: &str, kubeconfig: Option<&std::path::Path>) -> Option<kube::Client> {
     if mode == "off" {
         return None;
     }
-    match kube::Config::infer().await {
+    let config = match kubeconfig {
+        Some(path) => match kube::config::Kubeconfig::read_from(path) {
+            Ok(kc) => kube::Config::from_custom_kubeconfig(
+                kc,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "Kubeconfig unreadable; Kubernetes Events are off.");
+                return None;
+            }
+        },
+        None => kube::Config::infer().await.map_err(|e| e.to_string()),
+    };
+    match config {
         Ok(cfg) => match crate::tls::kube_client(cfg) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -486,6 +539,35 @@ pub async fn client(mode: &str) -> Option<kube::Client> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_buckets_or_neither_and_the_reserve_is_kept() {
+        let t0 = Instant::now();
+        let mut object = Bucket::new(1, Duration::from_secs(300));
+        let mut node = Bucket::new(4, Duration::from_secs(300));
+        assert!(Bucket::take_both(&mut object, &mut node, 0.0, t0));
+        // The object is empty: the node keeps its token.
+        assert!(!Bucket::take_both(&mut object, &mut node, 0.0, t0));
+        let mut other = Bucket::new(5, Duration::from_secs(300));
+        // 3 node tokens left; keeping 2 allows one take, then none.
+        assert!(Bucket::take_both(&mut other, &mut node, 2.0, t0));
+        assert!(!Bucket::take_both(&mut other, &mut node, 2.0, t0));
+        // Without the reserve the rest can be taken.
+        assert!(Bucket::take_both(&mut other, &mut node, 0.0, t0));
+        assert!(Bucket::take_both(&mut other, &mut node, 0.0, t0));
+        assert!(!Bucket::take_both(&mut other, &mut node, 0.0, t0));
+    }
+
+    #[test]
+    fn a_bucket_is_full_again_after_its_refill() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(2, Duration::from_secs(1));
+        assert!(b.is_full(t0));
+        assert!(b.take(t0));
+        assert!(!b.is_full(t0));
+        assert!(!b.is_full(t0 + Duration::from_millis(500)));
+        assert!(b.is_full(t0 + Duration::from_secs(1)));
+    }
 
     #[test]
     fn notes_fit_in_one_kilobyte_on_a_char_boundary() {

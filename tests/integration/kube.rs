@@ -3,9 +3,7 @@
 //! real status codes and Status bodies: 201, 409 AlreadyExists, 422, 429 with Retry-After,
 //! 500, connection refused.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,124 +12,10 @@ use archwatch::inspect::{Inspection, Verdict};
 use archwatch::platform::Arch;
 use archwatch::sinks::kube_events::{self, EventsHandle, Limits};
 use archwatch::sinks::metrics::{KubeLabels, Metrics};
+
+pub(crate) use crate::support::fake_api::{Answer, FakeApi, Req};
 use k8s_openapi::api::events::v1::Event;
 use tokio_util::sync::CancellationToken;
-
-#[derive(Clone, Debug)]
-pub(crate) struct Req {
-    pub(crate) method: String,
-    pub(crate) path: String,
-    pub(crate) body: serde_json::Value,
-    pub(crate) at: Instant,
-}
-
-/// A scripted answer; when the script is empty, writes succeed (201 / 200).
-#[derive(Clone)]
-pub(crate) enum Answer {
-    Status(u16, &'static str),
-    TooMany { retry_after: u32 },
-}
-
-#[derive(Clone, Default)]
-pub(crate) struct FakeApi {
-    pub(crate) requests: Arc<Mutex<Vec<Req>>>,
-    pub(crate) script: Arc<Mutex<VecDeque<Answer>>>,
-}
-
-fn status_body(code: u16, reason: &str, retry: Option<u32>) -> String {
-    let mut v = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": reason, "reason": reason, "code": code});
-    if let Some(r) = retry {
-        v["details"] = serde_json::json!({"retryAfterSeconds": r});
-    }
-    v.to_string()
-}
-
-impl FakeApi {
-    pub(crate) fn start() -> (FakeApi, String) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = format!("http://{}", l.local_addr().unwrap());
-        let api = FakeApi::default();
-        let a = api.clone();
-        std::thread::spawn(move || {
-            for conn in l.incoming().flatten() {
-                let a = a.clone();
-                std::thread::spawn(move || a.serve(conn));
-            }
-        });
-        (api, addr)
-    }
-
-    fn serve(&self, conn: TcpStream) {
-        let mut w = conn.try_clone().unwrap();
-        let mut r = BufReader::new(conn);
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let mut parts = line.split_whitespace();
-            let (method, path) = (
-                parts.next().unwrap_or("").to_string(),
-                parts.next().unwrap_or("").to_string(),
-            );
-            let mut len = 0usize;
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).unwrap_or(0) == 0 {
-                    return;
-                }
-                if h == "\r\n" {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; len];
-            r.read_exact(&mut body).unwrap();
-            let body: serde_json::Value =
-                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-            self.requests.lock().unwrap().push(Req {
-                method: method.clone(),
-                path: path.clone(),
-                body: body.clone(),
-                at: Instant::now(),
-            });
-            let answer = self.script.lock().unwrap().pop_front();
-            let (code, extra, text) = match answer {
-                Some(Answer::Status(c, reason)) => (c, String::new(), status_body(c, reason, None)),
-                Some(Answer::TooMany { retry_after }) => (
-                    429,
-                    format!("Retry-After: {retry_after}\r\n"),
-                    status_body(429, "TooManyRequests", Some(retry_after)),
-                ),
-                None if method == "POST" => (201, String::new(), body.to_string()),
-                None => {
-                    // PATCH: answer with an Event carrying the merged series.
-                    let name = path
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or("x")
-                        .split('?')
-                        .next()
-                        .unwrap_or("x")
-                        .to_string();
-                    let mut ev = serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": name}, "eventTime": "2026-11-25T00:00:00.000000Z"});
-                    ev["series"] = body["series"].clone();
-                    (200, String::new(), ev.to_string())
-                }
-            };
-            let resp = format!("HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{text}", text.len());
-            if w.write_all(resp.as_bytes()).is_err() {
-                return;
-            }
-        }
-    }
-
-    pub(crate) fn requests(&self) -> Vec<Req> {
-        self.requests.lock().unwrap().clone()
-    }
-}
 
 fn diagnosis(pod: &str) -> Diagnosis {
     let i = Inspection {
@@ -385,7 +269,13 @@ fn an_api_outage_loses_at_most_the_queue_and_never_blocks() {
         Duration::from_millis(200),
     );
     let (dropped, failed) = (counter(&m, "dropped"), counter(&m, "failed"));
-    assert!(dropped >= pushed - 100 - 2, "dropped {dropped}");
+    // Pushing never waits for the publisher: it took only the few it could fail in the
+    // meantime, the bounded queue kept 100 at most, and the rest were dropped oldest first.
+    assert!(
+        dropped >= pushed * 9 / 10 - 100,
+        "dropped {dropped}, failed {failed}"
+    );
+    assert!(failed >= 1, "the outage was tried, not skipped");
     assert_eq!(
         dropped + failed + counter(&m, "rate_limited"),
         pushed,

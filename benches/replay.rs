@@ -1,0 +1,156 @@
+//! Event pipeline throughput: a containerd event stream recorded on a private containerd
+//! (one `exec format error` container, one healthy container, one exec probe), scaled to a
+//! node with 110 pods in CrashLoopBackOff and 30 exec-probed pods, replayed through the
+//! whole agent (decode → identify → verdict cache → diagnose → metrics + journal) on one
+//! core: a current-thread runtime.
+//!
+//! Run: `cargo bench --bench replay` (as root; ARCHWATCH_BENCH_ENVELOPES, default 100000).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use archwatch::agent::{Config, Feed, Replay};
+use archwatch::replay::NodeTemplates;
+use tokio_util::sync::CancellationToken;
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+fn main() {
+    let total: usize = std::env::var("ARCHWATCH_BENCH_ENVELOPES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let fixtures = std::env::var("ARCHWATCH_FIXTURES")
+        .unwrap_or_else(|_| "/var/cache/archwatch-fixtures".into());
+    let read = |n: &str| std::fs::read(format!("{fixtures}/{n}")).expect("run scripts/fixtures");
+    let mut ctd = archwatch::lab::Containerd::start().expect("containerd");
+    let t = NodeTemplates::record(&mut ctd, read("busybox-arm64"), read("busybox-amd64"))
+        .expect("record");
+    drop(ctd);
+    println!(
+        "replay: recorded {} + {} + {} envelopes (crash, healthy start, exec probe)",
+        t.crash.envelopes.len(),
+        t.host.envelopes.len(),
+        t.probe.envelopes.len()
+    );
+    let s = t
+        .stream(110, 30, total, chrono::Duration::seconds(10))
+        .expect("stream");
+    let work = tempfile::tempdir().expect("tempdir");
+    let journal = work.path().join("journal.jsonl");
+    let cfg = Config {
+        address: work.path().join("no-containerd.sock"),
+        namespaces: Vec::new(),
+        listen: None,
+        node_name: "bench".into(),
+        journal: Some(journal.clone()),
+        journal_max_bytes: 1 << 30,
+        binfmt_dir: work.path().join("no-binfmt"),
+        node: archwatch::platform::Node::detect(),
+        snapshotter: "overlayfs".into(),
+        inspect_timeout: Duration::from_secs(5),
+        windows: archwatch::pipeline::Windows::default(),
+        kube: "off".into(),
+        kube_queue: 1000,
+        kubeconfig: None,
+        api_socket: None,
+        proc_dir: work.path().join("no-proc"),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let envelopes = s.envelopes.len();
+    let rss_before = status_kib("VmRSS:");
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));
+    let sampler = {
+        let samples = samples.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let h = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                samples
+                    .lock()
+                    .unwrap()
+                    .push((t0.elapsed().as_secs_f64(), status_kib("VmRSS:")));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        (stop, h)
+    };
+    let cpu0 = cpu_seconds();
+    let stats = rt.block_on(async move {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let stop = CancellationToken::new();
+        let replay = Replay {
+            recording: Arc::new(s.recording),
+            envelopes: s.envelopes,
+            per_second: None,
+            done,
+        };
+        let agent = tokio::spawn(archwatch::agent::run_fed(
+            cfg,
+            Feed::Replay(replay),
+            stop.clone(),
+            None,
+        ));
+        let stats = finished.await.expect("replay finished");
+        stop.cancel();
+        agent.await.expect("agent").expect("agent ran");
+        stats
+    });
+    let cpu = cpu_seconds() - cpu0;
+    sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.1.join().unwrap();
+    let diagnosed = std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"exec_failure\""))
+        .count();
+    let secs = stats.elapsed.as_secs_f64();
+    println!(
+        "replay: {envelopes} envelopes ({} decode errors) in {:.3} s = {:.0} envelopes/s on one core ({:.2} s CPU)",
+        stats.decode_errors,
+        secs,
+        envelopes as f64 / secs,
+        cpu
+    );
+    println!(
+        "replay: {diagnosed} exec failures journaled of {} complete crash lifecycles; {} exec probes",
+        s.failures, s.probes
+    );
+    let samples = samples.lock().unwrap();
+    let at = |q: f64| {
+        let end = samples.last().map(|s| s.0).unwrap_or(0.0);
+        samples
+            .iter()
+            .find(|s| s.0 >= end * q)
+            .map(|s| s.1)
+            .unwrap_or(0)
+    };
+    println!(
+        "replay: RSS before {rss_before} KiB; at 25/50/75/100 % of the replay {} / {} / {} / {} KiB; peak {} KiB",
+        at(0.25),
+        at(0.5),
+        at(0.75),
+        at(1.0),
+        status_kib("VmHWM:")
+    );
+}
