@@ -15,6 +15,8 @@ pub struct Req {
     pub path: String,
     pub body: serde_json::Value,
     pub at: Instant,
+    /// When the request's body had been read: wall clock, to compare with containerd's.
+    pub received: chrono::DateTime<chrono::Utc>,
 }
 
 /// A scripted answer; when the script is empty, writes succeed (201 / 200).
@@ -88,6 +90,7 @@ impl FakeApi {
                 path: path.clone(),
                 body: body.clone(),
                 at: Instant::now(),
+                received: chrono::Utc::now(),
             });
             let answer = self.script.lock().unwrap().pop_front();
             let (code, extra, text) = match answer {
