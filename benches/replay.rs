@@ -69,6 +69,7 @@ fn main() {
         kube: "off".into(),
         kube_queue: 1000,
         kubeconfig: None,
+        view_lease_ttl: archwatch::containerd::LEASE_TTL,
         api_socket: None,
         proc_dir: work.path().join("no-proc"),
     };

@@ -64,6 +64,9 @@ pub struct Config {
     pub kube_queue: usize,
     /// A kubeconfig to use instead of the in-cluster config or `$KUBECONFIG`.
     pub kubeconfig: Option<PathBuf>,
+    /// Expiry of the lease under each image view: what a killed agent leaves behind is
+    /// collected by containerd after this.
+    pub view_lease_ttl: Duration,
     /// Serve the gRPC API (diagnosis stream, image verdicts, status) on this unix socket.
     pub api_socket: Option<PathBuf>,
     /// The host's /proc (hostPID or a hostPath mount in a pod), to confirm emulation from
@@ -113,6 +116,17 @@ enum Record<'a> {
         node_arch: String,
         cause: &'a str,
         fix: &'a str,
+    },
+    /// A container whose files could not be judged (unreadable record or snapshot, an
+    /// inspection over its time budget): its exit, if it fails, cannot be diagnosed.
+    InspectionFailed {
+        diagnosed_at: DateTime<Utc>,
+        node: &'a str,
+        #[serde(flatten)]
+        identity: &'a Identity,
+        /// A code of `archwatch_inspection_errors_total{kind}`.
+        error_kind: &'static str,
+        error: &'a str,
     },
     /// A pulled image whose entrypoint will not exec here (or needs emulation).
     Image {
@@ -243,13 +257,21 @@ enum Done {
     ContainerInspected {
         key: Key,
         cache_key: Option<String>,
-        result: Option<Arc<Inspection>>,
+        result: Result<Arc<Inspection>, InspectFailure>,
     },
     Image {
         ns: String,
         name: String,
         outcome: ImageOutcome,
     },
+}
+
+/// Why a container or image could not be inspected.
+#[derive(Debug)]
+struct InspectFailure {
+    /// A code of `archwatch_inspection_errors_total{kind}`.
+    kind: &'static str,
+    detail: String,
 }
 
 enum ImageOutcome {
@@ -544,7 +566,9 @@ async fn session(
     tx: &mpsc::Sender<Input>,
     stop: &CancellationToken,
 ) -> Result<(), ContainerdError> {
-    let client = Client::connect(&cfg.address, Duration::from_secs(5)).await?;
+    let client = Client::connect(&cfg.address, Duration::from_secs(5))
+        .await?
+        .with_lease_ttl(cfg.view_lease_ttl);
     let sub_client = client.clone();
     let mut subscribe = tokio::spawn(async move { sub_client.subscribe().await });
     // Let the request reach containerd before the listing requests do.
@@ -956,7 +980,10 @@ impl Pipeline {
                         return Some(Done::ContainerInspected {
                             key,
                             cache_key: None,
-                            result: None,
+                            result: Err(InspectFailure {
+                                kind: e.kind(),
+                                detail: e.to_string(),
+                            }),
                         });
                     }
                 },
@@ -971,15 +998,18 @@ impl Pipeline {
                     })
                     .inc();
                 warn!(container = %c.id, error = %e, "Container cannot be inspected.");
+                Err(InspectFailure {
+                    kind: e.kind(),
+                    detail: e.to_string(),
+                })
             };
             let spec = match containerd::spec_process(&c) {
                 Ok(s) => s,
                 Err(e) => {
-                    fail(e);
                     return Some(Done::ContainerInspected {
                         key,
                         cache_key: None,
-                        result: None,
+                        result: fail(e),
                     });
                 }
             };
@@ -994,11 +1024,10 @@ impl Pipeline {
             let layers = match layers {
                 Ok(l) => l,
                 Err(e) => {
-                    fail(e);
                     return Some(Done::ContainerInspected {
                         key,
                         cache_key: None,
-                        result: None,
+                        result: fail(e),
                     });
                 }
             };
@@ -1059,6 +1088,13 @@ impl Pipeline {
                 cache_key,
                 result,
             } => {
+                let result = match result {
+                    Ok(i) => Some(i),
+                    Err(f) => {
+                        self.inspection_failed(&key, &f);
+                        None
+                    }
+                };
                 for d in self.tracker.inspected(&key, cache_key.as_deref(), result) {
                     self.sinks.exec_failure(&d);
                 }
@@ -1101,6 +1137,41 @@ impl Pipeline {
     }
 
     /// A container that will run only under emulation: said once, when its verdict lands.
+    /// Says which container went unjudged and why, in the log and the journal.
+    fn inspection_failed(&mut self, key: &Key, f: &InspectFailure) {
+        let who = match self.tracker.identity(key) {
+            Some(w) => w.clone(),
+            // The record itself was unreadable: the key is all there is.
+            None => Identity {
+                containerd_namespace: key.namespace.clone(),
+                container_id: key.id.clone(),
+                pod: None,
+                pod_namespace: None,
+                pod_uid: None,
+                container: None,
+                image: String::new(),
+                image_digest: None,
+            },
+        };
+        warn!(
+            namespace = who.namespace(),
+            pod = who.pod.as_deref().unwrap_or(""),
+            container = who.container.as_deref().unwrap_or(&who.container_id),
+            image = %who.image,
+            error_kind = f.kind,
+            "Container could not be inspected; an exec failure of it cannot be diagnosed: {}",
+            f.detail
+        );
+        let node = self.cfg.node_name.clone();
+        self.sinks.write(&Record::InspectionFailed {
+            diagnosed_at: Utc::now(),
+            node: &node,
+            identity: &who,
+            error_kind: f.kind,
+            error: &f.detail,
+        });
+    }
+
     fn note_emulated(&mut self, key: &Key) {
         let Some((who, i)) = self.tracker.verdict(key) else {
             return;
@@ -1394,14 +1465,23 @@ async fn image_job(
     .await;
     client.close_view(view).await;
     match result {
-        Some(mut i) => {
+        Ok(mut i) => {
             i.findings.append(&mut findings);
             ImageOutcome::Verdict {
                 digest: target.target_digest,
                 inspection: Arc::new(i),
             }
         }
-        None => ImageOutcome::Failed,
+        Err(f) => {
+            warn!(
+                namespace = ns,
+                image = name,
+                error_kind = f.kind,
+                "Pulled image could not be inspected: {}",
+                f.detail
+            );
+            ImageOutcome::Failed
+        }
     }
 }
 
@@ -1416,14 +1496,17 @@ async fn inspect_off_runtime(
     timeout: Duration,
     m: &Metrics,
     target: &'static str,
-) -> Option<Inspection> {
+) -> Result<Inspection, InspectFailure> {
     if process.argv.is_empty() {
         m.inspection_errors
             .get_or_create(&metrics::KindLabels {
                 kind: "empty_argv".into(),
             })
             .inc();
-        return None;
+        return Err(InspectFailure {
+            kind: "empty_argv",
+            detail: "the process has no argv".into(),
+        });
     }
     let started = Instant::now();
     let job = tokio::task::spawn_blocking(move || -> Result<Inspection, inspect::InspectError> {
@@ -1449,17 +1532,28 @@ async fn inspect_off_runtime(
             target: target.into(),
         })
         .observe(started.elapsed().as_secs_f64());
-    let kind = match r {
-        Ok(Ok(Ok(i))) => return Some(i),
-        Ok(Ok(Err(e))) => {
-            debug!(error = %e, "Inspection failed.");
-            e.kind()
-        }
-        Ok(Err(_)) => "inspection_panicked",
-        Err(_) => "inspection_timeout",
+    let failure = match r {
+        Ok(Ok(Ok(i))) => return Ok(i),
+        Ok(Ok(Err(e))) => InspectFailure {
+            kind: e.kind(),
+            detail: e.to_string(),
+        },
+        Ok(Err(_)) => InspectFailure {
+            kind: "inspection_panicked",
+            detail: "the inspection panicked".into(),
+        },
+        Err(_) => InspectFailure {
+            kind: "inspection_timeout",
+            detail: format!(
+                "the inspection took longer than {} ms (--inspect-timeout-ms)",
+                timeout.as_millis()
+            ),
+        },
     };
     m.inspection_errors
-        .get_or_create(&metrics::KindLabels { kind: kind.into() })
+        .get_or_create(&metrics::KindLabels {
+            kind: failure.kind.into(),
+        })
         .inc();
-    None
+    Err(failure)
 }

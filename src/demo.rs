@@ -181,6 +181,7 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
         kube: "off".into(),
         kube_queue: 0,
         kubeconfig: None,
+        view_lease_ttl: crate::containerd::LEASE_TTL,
         api_socket: None,
         proc_dir: PathBuf::from("/proc"),
     };

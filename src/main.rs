@@ -119,6 +119,10 @@ struct AgentArgs {
     /// Use this kubeconfig (default: in-cluster config, then $KUBECONFIG, then ~/.kube/config).
     #[arg(long, env = "ARCHWATCH_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// Expiry of the lease under each image view: anything a killed agent leaves in
+    /// containerd is garbage-collected after this many seconds.
+    #[arg(long, env = "ARCHWATCH_VIEW_LEASE_SECS", default_value_t = 600)]
+    view_lease_secs: u64,
     /// Events waiting for the API server beyond this many are dropped, oldest first.
     #[arg(long, default_value_t = 1024)]
     kube_queue: usize,
@@ -480,6 +484,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
         kube: a.kube.clone(),
         kube_queue: a.kube_queue,
         kubeconfig: a.kubeconfig.clone(),
+        view_lease_ttl: std::time::Duration::from_secs(a.view_lease_secs.max(1)),
         api_socket: (a.api_socket.as_os_str() != "off").then_some(a.api_socket.clone()),
         proc_dir: a.proc_dir.clone(),
     };

@@ -210,6 +210,11 @@ impl Tracker {
         }
     }
 
+    /// Who a tracked container is.
+    pub fn identity(&self, key: &Key) -> Option<&Identity> {
+        self.containers.get(key).map(|c| &c.who)
+    }
+
     /// Keys currently tracked.
     pub fn keys(&self) -> Vec<Key> {
         self.containers.keys().cloned().collect()

@@ -110,6 +110,7 @@ fn fifty_failures_a_second_stay_bounded_lose_nothing_and_respect_the_api() {
         kube: "auto".into(),
         kube_queue: queue,
         kubeconfig: Some(kubeconfig),
+        view_lease_ttl: archwatch::containerd::LEASE_TTL,
         api_socket: None,
         proc_dir: work.path().join("no-proc"),
     };

@@ -32,8 +32,8 @@ use tonic::Request;
 use crate::image::{self, Doc, MAX_DOC_BYTES};
 use crate::platform::Node;
 
-/// How long a view's lease lives if the agent dies before removing it.
-const LEASE_TTL: chrono::Duration = chrono::Duration::minutes(10);
+/// How long a view's lease lives if the agent dies before removing it (default).
+pub const LEASE_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerdError {
@@ -106,6 +106,7 @@ fn req<T>(msg: T, ns: &str) -> Request<T> {
 #[derive(Clone)]
 pub struct Client {
     channel: Channel,
+    lease_ttl: Duration,
 }
 
 /// An image resolved for the node.
@@ -144,7 +145,17 @@ impl Client {
                 })
             }
         };
-        Ok(Client { channel })
+        Ok(Client {
+            channel,
+            lease_ttl: LEASE_TTL,
+        })
+    }
+
+    /// Views taken from now on expire this long after they are opened, should the process
+    /// die before removing them.
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Client {
+        self.lease_ttl = ttl;
+        self
     }
 
     /// Subscribes to every event of every namespace.
@@ -320,7 +331,9 @@ impl Client {
     ) -> Result<View, ContainerdError> {
         let suffix: u64 = rand::random();
         let lease_id = format!("archwatch-{suffix:016x}");
-        let expire = (Utc::now() + LEASE_TTL).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let ttl =
+            chrono::Duration::from_std(self.lease_ttl).unwrap_or(chrono::Duration::minutes(10));
+        let expire = (Utc::now() + ttl).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut leases = LeasesClient::new(self.channel.clone());
         let labels = HashMap::from([("containerd.io/gc.expire".to_string(), expire)]);
         leases

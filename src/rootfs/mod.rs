@@ -75,6 +75,10 @@ pub struct Stack<L> {
 pub struct Dirs {
     paths: Vec<PathBuf>,
     fds: Vec<OwnedFd>,
+    /// Per layer, the directory last found there: the resolver walks one component at a
+    /// time, so the next lookup starts from it instead of from the layer's root (linear in
+    /// the depth, not quadratic).
+    last_dir: std::sync::Mutex<Vec<Option<(String, OwnedFd)>>>,
 }
 
 /// A container root on disk.
@@ -188,24 +192,22 @@ fn resolve_flags() -> ResolveFlags {
 /// A directory of the merged view: its components and the layers that contribute to it.
 #[derive(Clone, Debug)]
 struct Dir {
-    comps: Vec<String>,
+    /// The path below the root without its leading `/` ("" for the root). One string, not a
+    /// list of components: a 10,000-deep directory is cloned as one allocation.
+    rel: String,
     layers: Vec<usize>,
     mode: u32,
 }
 
 impl Dir {
     fn path(&self) -> String {
-        if self.comps.is_empty() {
-            "/".to_string()
-        } else {
-            format!("/{}", self.comps.join("/"))
-        }
+        format!("/{}", self.rel)
     }
     fn rel(&self, name: &str) -> String {
-        if self.comps.is_empty() {
+        if self.rel.is_empty() {
             name.to_string()
         } else {
-            format!("{}/{name}", self.comps.join("/"))
+            format!("{}/{name}", self.rel)
         }
     }
 }
@@ -253,6 +255,45 @@ impl Rootfs {
     }
 }
 
+/// Components per `openat2` call stay under this many bytes (PATH_MAX is 4096).
+const OPEN_CHUNK: usize = 2048;
+
+/// `openat2` beneath `base` (no symlinks, nothing above `base`) for a relative path of any
+/// length: a path longer than PATH_MAX (an image can nest directories 10,000 deep) is walked
+/// in chunks, each opened beneath the directory the previous one reached, with the same
+/// confinement. `rel` holds no `..` (the resolver has already applied them).
+fn openat2_deep(base: &OwnedFd, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+    if rel.len() < OPEN_CHUNK {
+        return rustix::fs::openat2(base, rel, flags, Mode::empty(), resolve_flags());
+    }
+    let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+    let mut dir: Option<OwnedFd> = None;
+    let mut i = 0;
+    while i < comps.len() {
+        let (mut j, mut len) = (i, 0);
+        while j < comps.len() && (j == i || len + comps[j].len() + 1 < OPEN_CHUNK) {
+            len += comps[j].len() + 1;
+            j += 1;
+        }
+        let chunk = comps[i..j].join("/");
+        let f = if j == comps.len() {
+            flags
+        } else {
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+        };
+        let at = dir.as_ref().unwrap_or(base);
+        dir = Some(rustix::fs::openat2(
+            at,
+            chunk.as_str(),
+            f,
+            Mode::empty(),
+            resolve_flags(),
+        )?);
+        i = j;
+    }
+    dir.ok_or(Errno::NOENT)
+}
+
 impl Dirs {
     fn open(layers: Vec<PathBuf>) -> Result<Dirs, RootfsError> {
         let mut fds = Vec::with_capacity(layers.len());
@@ -274,7 +315,12 @@ impl Dirs {
                 source: std::io::Error::other("no layers given"),
             });
         }
-        Ok(Dirs { paths: layers, fds })
+        let last_dir = std::sync::Mutex::new(fds.iter().map(|_| None).collect());
+        Ok(Dirs {
+            paths: layers,
+            fds,
+            last_dir,
+        })
     }
     /// Opens a found regular file for reading, confined to its layer (openat2 with
     /// RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, O_NOFOLLOW|O_NONBLOCK) and re-checks with fstat that
@@ -294,12 +340,10 @@ impl Dirs {
             path: entry.path.clone(),
         })?;
         let rel = entry.path.trim_start_matches('/');
-        let fd = rustix::fs::openat2(
+        let fd = openat2_deep(
             layer_fd,
             rel,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
-            Mode::empty(),
-            resolve_flags(),
         )
         .map_err(io)?;
         let st = rustix::fs::fstat(&fd).map_err(io)?;
@@ -311,14 +355,35 @@ impl Dirs {
         Ok(File::from(fd))
     }
 
+    /// `openat2_deep` of `rel` in `layer`, from the layer's last directory when `rel` is
+    /// below it.
+    fn open_from_last(&self, layer: usize, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+        let from_last = {
+            let last = self.last_dir.lock().unwrap_or_else(|e| e.into_inner());
+            match last.get(layer).and_then(|l| l.as_ref()) {
+                Some((dir, fd))
+                    if rel.len() > dir.len() + 1
+                        && rel.starts_with(dir.as_str())
+                        && rel.as_bytes()[dir.len()] == b'/' =>
+                {
+                    Some(openat2_deep(fd, &rel[dir.len() + 1..], flags))
+                }
+                Some((dir, fd)) if rel == dir => Some(openat2_deep(fd, ".", flags)),
+                _ => None,
+            }
+        };
+        match from_last {
+            Some(r) => r,
+            None => openat2_deep(&self.fds[layer], rel, flags),
+        }
+    }
+
     /// Opens `rel` in `layer` without following anything.
     fn open_in(&self, layer: usize, rel: &str) -> Result<Option<OwnedFd>, RootfsError> {
-        match rustix::fs::openat2(
-            &self.fds[layer],
+        match self.open_from_last(
+            layer,
             rel,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            resolve_flags(),
         ) {
             Ok(fd) => Ok(Some(fd)),
             // Absent, or an ancestor in this layer is not a directory / is a link: the
@@ -342,12 +407,10 @@ impl Dirs {
         if self.exists_in(layer, &format!("{rel}/.wh..wh..opq"))? {
             return Ok(true);
         }
-        let Ok(fd) = rustix::fs::openat2(
-            &self.fds[layer],
+        let Ok(fd) = self.open_from_last(
+            layer,
             rel,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            resolve_flags(),
         ) else {
             return Ok(false);
         };
@@ -381,6 +444,14 @@ impl Layers for Dirs {
             source: e.into(),
         })?;
         let ft = FileType::from_raw_mode(st.st_mode);
+        if ft == FileType::Directory {
+            if let Ok(dup) = fd.try_clone() {
+                let mut last = self.last_dir.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(slot) = last.get_mut(layer) {
+                    *slot = Some((rel.to_string(), dup));
+                }
+            }
+        }
         let stat = Stat {
             kind: kind_of(ft),
             mode: st.st_mode & 0o7777,
@@ -507,7 +578,7 @@ impl<L: Layers> Stack<L> {
 
     fn root_dir(&self) -> Dir {
         Dir {
-            comps: Vec::new(),
+            rel: String::new(),
             layers: (0..self.layers.count()).collect(),
             mode: self.layers.root_mode(),
         }
@@ -539,11 +610,7 @@ impl<L: Layers> Stack<L> {
             }
             if st.kind == FileKind::Directory {
                 let d = merged.get_or_insert_with(|| Dir {
-                    comps: {
-                        let mut c = dir.comps.clone();
-                        c.push(name.to_string());
-                        c
-                    },
+                    rel: rel.clone(),
                     layers: Vec::new(),
                     mode: st.mode,
                 });
@@ -598,11 +665,7 @@ impl<L: Layers> Stack<L> {
             let trailing_slash = !more && !queue.is_empty();
             match self.child(&dir, &comp)? {
                 Child::Missing => {
-                    let missing = if dir.comps.is_empty() {
-                        format!("/{comp}")
-                    } else {
-                        format!("{}/{comp}", dir.path())
-                    };
+                    let missing = format!("/{}", dir.rel(&comp));
                     return Ok(Resolved::NotFound { missing, hops });
                 }
                 Child::Dir(d) => stack.push(d),
@@ -616,14 +679,7 @@ impl<L: Layers> Stack<L> {
                     if hops.len() >= MAX_SYMLINK_HOPS {
                         return Ok(Resolved::Loop { hops });
                     }
-                    let rel = format!(
-                        "{}{comp}",
-                        if dir.comps.is_empty() {
-                            String::new()
-                        } else {
-                            format!("{}/", dir.comps.join("/"))
-                        }
-                    );
+                    let rel = dir.rel(&comp);
                     let target = self.layers.readlink(layer, &rel, &node)?;
                     let target = target.as_slice();
                     if target.len() > MAX_LINK_LEN || target.is_empty() {

@@ -376,3 +376,53 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn paths_longer_than_path_max_resolve_in_every_layer() {
+    use rustix::fs::{mkdirat, openat, OFlags};
+    let dir = tempfile::tempdir().unwrap();
+    let (top, lower) = (dir.path().join("top"), dir.path().join("lower"));
+    fs::create_dir_all(&top).unwrap();
+    fs::create_dir_all(&lower).unwrap();
+    // 3,000 levels in the lower layer (6,000 bytes of path), a file at the bottom; the top
+    // layer marks a directory 2,500 deep opaque, hiding nothing on the way to the file.
+    let depth = 3000;
+    let mut fd = openat(rustix::fs::CWD, &lower, OFlags::DIRECTORY, Mode::empty()).unwrap();
+    let mut tfd = openat(rustix::fs::CWD, &top, OFlags::DIRECTORY, Mode::empty()).unwrap();
+    for i in 0..depth {
+        mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+        fd = openat(&fd, "d", OFlags::DIRECTORY, Mode::empty()).unwrap();
+        if i < 2500 {
+            mkdirat(&tfd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            tfd = openat(&tfd, "d", OFlags::DIRECTORY, Mode::empty()).unwrap();
+        }
+    }
+    let f = openat(
+        &fd,
+        "app",
+        OFlags::CREATE | OFlags::WRONLY,
+        Mode::from_raw_mode(0o755),
+    )
+    .unwrap();
+    rustix::io::write(&f, b"\x7fELF").unwrap();
+    let r = Rootfs::new(vec![top, lower]).unwrap();
+    let path = format!("/{}app", "d/".repeat(depth));
+    let got = r.resolve(&path, "/").unwrap();
+    assert_eq!(
+        found(&got).map(|(p, l, k)| (p.len(), l, k)),
+        Some((path.len(), 1, FileKind::Regular))
+    );
+    let Resolved::Found { entry, .. } = got else {
+        unreachable!()
+    };
+    let mut head = [0u8; 4];
+    let n = std::os::unix::fs::FileExt::read_at(&r.open_regular(&entry).unwrap(), &mut head, 0)
+        .unwrap();
+    assert_eq!(&head[..n], b"\x7fELF");
+    // Absent deep paths are absent, not errors.
+    let missing = format!("/{}nope", "d/".repeat(depth));
+    assert!(matches!(
+        r.resolve(&missing, "/").unwrap(),
+        Resolved::NotFound { .. }
+    ));
+}

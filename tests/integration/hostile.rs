@@ -1,8 +1,10 @@
 //! Hostile images through the running agent: FIFO and device entrypoints, symlink loops,
-//! symlinks aimed at host files, a malformed ELF with an absurd e_phnum. The agent never opens
-//! the host canary (inotify proves it), never hangs or panics, diagnoses each, and goes on
-//! diagnosing the next container.
+//! symlinks aimed at host files, a malformed ELF with an absurd e_phnum, a 2 GiB sparse
+//! binary, an entrypoint 10,000 directories deep. The agent never opens the host canary
+//! (inotify proves it), never hangs or panics, diagnoses each, and goes on diagnosing the
+//! next container.
 
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use archwatch::oci::{ImageSpec, Item, Layer, Layout};
@@ -16,6 +18,182 @@ fn elf_header_with_phnum(phnum: u16) -> Vec<u8> {
     let mut h = support::busybox("amd64")[..4096].to_vec();
     h[56..58].copy_from_slice(&phnum.to_le_bytes());
     h
+}
+
+/// The unpacked snapshot directory holding `marker` (a file only that image has).
+fn snapshot_with(ctd: &Containerd, marker: &str) -> std::path::PathBuf {
+    let snaps = ctd
+        .root()
+        .join("io.containerd.snapshotter.v1.overlayfs/snapshots");
+    std::fs::read_dir(&snaps)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("fs"))
+        .find(|fs| fs.join(marker.trim_start_matches('/')).exists())
+        .unwrap_or_else(|| panic!("no snapshot holds {marker}"))
+}
+
+/// `depth` nested `d` directories under `top`, made with *at calls (the path is far longer
+/// than PATH_MAX); returns the deepest one's fd.
+fn dig(top: &std::path::Path, depth: usize) -> rustix::fd::OwnedFd {
+    use rustix::fs::{mkdirat, openat, Mode, OFlags};
+    let mut fd = openat(
+        rustix::fs::CWD,
+        top,
+        OFlags::DIRECTORY | OFlags::RDONLY,
+        Mode::empty(),
+    )
+    .unwrap();
+    for _ in 0..depth {
+        let _ = mkdirat(fd.as_fd(), "d", Mode::from_raw_mode(0o755));
+        fd = openat(
+            fd.as_fd(),
+            "d",
+            OFlags::DIRECTORY | OFlags::RDONLY,
+            Mode::empty(),
+        )
+        .unwrap();
+    }
+    fd
+}
+
+#[test]
+fn huge_and_deep_entrypoints_are_read_by_their_headers_only() {
+    let _binfmt = support::binfmt_shared();
+    let mut ctd = Containerd::start();
+    let agent = Agent::start(&ctd.socket, &[]);
+    agent.wait_ready();
+    let work = tempfile::tempdir().unwrap();
+    // The images carry placeholders; their unpacked snapshots are then edited in place into
+    // what no image tar could carry cheaply: a 2 GiB sparse file, a 10,000-deep tree.
+    let mut l = Layout::new();
+    let sparse = l
+        .add_image(&ImageSpec::new(
+            "amd64",
+            &["/app"],
+            vec![Layer(vec![
+                Item::file("/app", b"placeholder".to_vec(), 0o755),
+                Item::file("/marker-sparse", b"".to_vec(), 0o644),
+            ])],
+        ))
+        .unwrap();
+    l.tag("archwatch.test/hostile-sparse:v1", &sparse);
+    // /entry -> /d/…/d/s1 (2,000 deep) -> d/…/d/s2 … five hops down to depth 10,000.
+    let hop = "d/".repeat(2000);
+    let deep = l
+        .add_image(&ImageSpec::new(
+            "amd64",
+            &["/entry"],
+            vec![Layer(vec![
+                Item::symlink("/entry", &format!("/{hop}s1")),
+                Item::file("/marker-deep", b"".to_vec(), 0o644),
+            ])],
+        ))
+        .unwrap();
+    l.tag("archwatch.test/hostile-deep:v1", &deep);
+    let p = work.path().join("huge.tar");
+    l.write_archive(&p).unwrap();
+    ctd.import(NS, &p);
+
+    let arm64 = support::busybox("arm64");
+    let fs = snapshot_with(&ctd, "/marker-sparse");
+    let f = std::fs::File::create(fs.join("app")).unwrap();
+    std::io::Write::write_all(&mut &f, &arm64[..4096]).unwrap();
+    f.set_len(2 << 30).unwrap();
+    drop(f);
+
+    deepen(&snapshot_with(&ctd, "/marker-deep"), &hop, &arm64);
+
+    for (pod, image) in [
+        ("sparse", "archwatch.test/hostile-sparse:v1"),
+        ("deep", "archwatch.test/hostile-deep:v1"),
+    ] {
+        let out = ctd.run(
+            NS,
+            image,
+            &format!("{pod}-1"),
+            &[
+                ("io.kubernetes.pod.name", pod),
+                ("io.kubernetes.pod.namespace", "hostile"),
+            ],
+            Duration::from_secs(60),
+        );
+        assert_eq!(out.code, Some(1), "{pod}: {}", out.output);
+    }
+    for pod in ["sparse", "deep"] {
+        agent.wait_for(
+            &format!("diagnosis of {pod}"),
+            Duration::from_secs(30),
+            || {
+                agent
+                    .lines()
+                    .iter()
+                    .any(|l| l["kind"] == "exec_failure" && l["pod"] == pod)
+            },
+        );
+        let d = agent
+            .lines()
+            .into_iter()
+            .find(|l| l["kind"] == "exec_failure" && l["pod"] == pod)
+            .unwrap();
+        assert_eq!(d["verdict"], "arch_mismatch", "{pod}: {d}");
+        assert_eq!(d["binary_arch"], "arm64", "{pod}: {d}");
+    }
+    assert_eq!(
+        agent.metric(
+            "archwatch_inspection_errors_total",
+            &[("kind", "inspection_timeout")]
+        ),
+        0.0
+    );
+    assert_eq!(agent.metric("archwatch_containerd_connected", &[]), 1.0);
+}
+
+/// Turns the snapshot of an image whose `/entry` links to `/{hop}s1` into a chain of five
+/// symlinks, each `hop` deeper, the last one the binary `bin`, 10,000 directories down.
+fn deepen(fs: &std::path::Path, hop: &str, bin: &[u8]) {
+    let mut at = dig(fs, 0);
+    for i in 1..=5 {
+        let below = dig_from(&at, 2000);
+        let name = format!("s{i}");
+        if i < 5 {
+            rustix::fs::symlinkat(format!("{hop}s{}", i + 1), below.as_fd(), name.as_str())
+                .unwrap();
+        } else {
+            let fd = rustix::fs::openat(
+                below.as_fd(),
+                name.as_str(),
+                rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY,
+                rustix::fs::Mode::from_raw_mode(0o755),
+            )
+            .unwrap();
+            rustix::io::write(&fd, bin).unwrap();
+        }
+        at = below;
+    }
+}
+
+/// `depth` more `d` directories below the directory `from`.
+fn dig_from(from: &rustix::fd::OwnedFd, depth: usize) -> rustix::fd::OwnedFd {
+    use rustix::fs::{mkdirat, openat, Mode, OFlags};
+    let mut fd = openat(
+        from.as_fd(),
+        ".",
+        OFlags::DIRECTORY | OFlags::RDONLY,
+        Mode::empty(),
+    )
+    .unwrap();
+    for _ in 0..depth {
+        let _ = mkdirat(fd.as_fd(), "d", Mode::from_raw_mode(0o755));
+        fd = openat(
+            fd.as_fd(),
+            "d",
+            OFlags::DIRECTORY | OFlags::RDONLY,
+            Mode::empty(),
+        )
+        .unwrap();
+    }
+    fd
 }
 
 #[test]
@@ -221,4 +399,77 @@ fn hostile_images_are_diagnosed_without_reading_the_host() {
         Ok(ev) => panic!("the host canary was touched: {:?}", ev.events()),
         Err(e) => panic!("inotify: {e}"),
     }
+}
+
+#[test]
+fn a_container_that_cannot_be_judged_in_time_is_named_in_the_journal() {
+    let _binfmt = support::binfmt_shared();
+    let mut ctd = Containerd::start();
+    // 10,000 directory lookups do not fit in 1 ms.
+    let agent = Agent::start(&ctd.socket, &["--inspect-timeout-ms", "1"]);
+    agent.wait_ready();
+    let work = tempfile::tempdir().unwrap();
+    let hop = "d/".repeat(2000);
+    let mut l = Layout::new();
+    let m = l
+        .add_image(&ImageSpec::new(
+            "amd64",
+            &["/entry"],
+            vec![Layer(vec![
+                Item::symlink("/entry", &format!("/{hop}s1")),
+                Item::file("/marker-unjudged", b"".to_vec(), 0o644),
+            ])],
+        ))
+        .unwrap();
+    l.tag("archwatch.test/unjudged:v1", &m);
+    let p = work.path().join("unjudged.tar");
+    l.write_archive(&p).unwrap();
+    ctd.import(NS, &p);
+    deepen(
+        &snapshot_with(&ctd, "/marker-unjudged"),
+        &hop,
+        &support::busybox("arm64"),
+    );
+    let out = ctd.run(
+        NS,
+        "archwatch.test/unjudged:v1",
+        "unjudged-1",
+        &[
+            ("io.kubernetes.pod.name", "unjudged"),
+            ("io.kubernetes.pod.namespace", "hostile"),
+            ("io.kubernetes.container.name", "app"),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(1), "{}", out.output);
+    agent.wait_for("the inspection failure", Duration::from_secs(20), || {
+        agent
+            .lines()
+            .iter()
+            .any(|l| l["kind"] == "inspection_failed" && l["pod"] == "unjudged")
+    });
+    let lines = agent.lines();
+    let r = lines
+        .iter()
+        .find(|l| l["kind"] == "inspection_failed" && l["pod"] == "unjudged")
+        .unwrap();
+    assert_eq!(r["error_kind"], "inspection_timeout", "{r}");
+    assert_eq!(r["pod_namespace"], "hostile", "{r}");
+    assert_eq!(r["container"], "app", "{r}");
+    assert_eq!(r["image"], "archwatch.test/unjudged:v1", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("1 ms"), "{r}");
+    // Nothing is guessed: no verdict is made up for it.
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["kind"] == "exec_failure" && l["pod"] == "unjudged"),
+        "{lines:?}"
+    );
+    assert!(
+        agent.metric(
+            "archwatch_inspection_errors_total",
+            &[("kind", "inspection_timeout")]
+        ) >= 1.0
+    );
+    assert_eq!(agent.metric("archwatch_containerd_connected", &[]), 1.0);
 }

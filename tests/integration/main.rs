@@ -8,6 +8,7 @@ mod e2e;
 mod hostile;
 mod image_build;
 mod kube;
+mod leases;
 mod manifests;
 mod support;
 mod verify;

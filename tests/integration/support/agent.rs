@@ -144,6 +144,14 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// SIGKILL, as the OOM killer or a node drain past its grace period would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();

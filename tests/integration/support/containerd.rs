@@ -35,6 +35,10 @@ impl Containerd {
             .run(ns, image, id, labels, timeout)
             .expect("ctr run")
     }
+    /// containerd's root directory (snapshots live under it).
+    pub fn root(&self) -> std::path::PathBuf {
+        self.inner.dir().join("root")
+    }
     pub fn restart(&mut self) {
         self.inner.restart().expect("containerd restart")
     }

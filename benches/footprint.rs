@@ -1,0 +1,227 @@
+//! Footprint, side by side with Debian's prometheus-node-exporter on the same machine:
+//! resident memory and CPU of each process while idle, then under churn — containers
+//! started on a private containerd and failing with `exec format error` continuously.
+//! Both are scraped every 15 s, as Prometheus would.
+//!
+//! Run: `cargo bench --bench footprint` (as root; ARCHWATCH_IDLE_SECS default 60,
+//! ARCHWATCH_CHURN_SECS default 300).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use archwatch::oci::{ImageSpec, Item, Layer, Layout};
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Sample {
+    rss_kib: u64,
+    cpu_ticks: u64,
+}
+
+fn sample(pid: u32) -> Sample {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let cpu_ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Sample { rss_kib, cpu_ticks }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn scrape(addr: SocketAddr) -> usize {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out.len()
+}
+
+struct Phase {
+    rss_mean: f64,
+    rss_max: u64,
+    cpu_percent: f64,
+}
+
+/// Samples every process once a second for `secs`, scraping every 15 s, while `work` runs
+/// between samples.
+fn measure(procs: &[Proc], secs: u64, mut work: impl FnMut()) -> Vec<Phase> {
+    let start = Instant::now();
+    let first: Vec<Sample> = procs.iter().map(|p| sample(p.child.id())).collect();
+    let mut rss: Vec<Vec<u64>> = vec![Vec::new(); procs.len()];
+    let mut next_sample = Instant::now();
+    let mut next_scrape = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if Instant::now() >= next_scrape {
+            for p in procs {
+                scrape(p.addr);
+            }
+            next_scrape += Duration::from_secs(15);
+        }
+        if Instant::now() >= next_sample {
+            for (i, p) in procs.iter().enumerate() {
+                rss[i].push(sample(p.child.id()).rss_kib);
+            }
+            next_sample += Duration::from_secs(1);
+        }
+        work();
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let ticks_per_sec = 100.0;
+    procs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let last = sample(p.child.id());
+            let r = &rss[i];
+            Phase {
+                rss_mean: r.iter().sum::<u64>() as f64 / r.len().max(1) as f64,
+                rss_max: r.iter().copied().max().unwrap_or(0),
+                cpu_percent: (last.cpu_ticks - first[i].cpu_ticks) as f64 / ticks_per_sec / wall
+                    * 100.0,
+            }
+        })
+        .collect()
+}
+
+fn main() {
+    let idle: u64 = std::env::var("ARCHWATCH_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let churn: u64 = std::env::var("ARCHWATCH_CHURN_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let fixtures = std::env::var("ARCHWATCH_FIXTURES")
+        .unwrap_or_else(|_| "/var/cache/archwatch-fixtures".into());
+    let arm64 =
+        std::fs::read(format!("{fixtures}/busybox-arm64")).expect("run scripts/fixtures first");
+    let mut ctd = archwatch::lab::Containerd::start().expect("containerd");
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut l = Layout::new();
+    let m = l
+        .add_image(&ImageSpec::new(
+            "arm64",
+            &["/bin/busybox", "true"],
+            vec![Layer(vec![Item::file("/bin/busybox", arm64, 0o755)])],
+        ))
+        .expect("image");
+    l.tag("bench.example/wrong-arch:v1", &m);
+    let archive = work.path().join("img.tar");
+    l.write_archive(&archive).expect("archive");
+    ctd.import("k8s.io", &archive).expect("import");
+
+    let agent_addr = free_port();
+    let agent = Command::new(env!("CARGO_BIN_EXE_archwatch"))
+        .args(["agent", "--kube", "off", "--api-socket"])
+        .arg(work.path().join("api.sock"))
+        .arg("--listen")
+        .arg(agent_addr.to_string())
+        .arg("--journal")
+        .arg(work.path().join("journal.jsonl"))
+        .arg("--address")
+        .arg(&ctd.socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let ne_addr = free_port();
+    let ne = Command::new("prometheus-node-exporter")
+        .arg(format!("--web.listen-address={ne_addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus-node-exporter (scripts/install-deps installs it)");
+    let mut procs = [
+        Proc {
+            name: "archwatch agent",
+            child: agent,
+            addr: agent_addr,
+        },
+        Proc {
+            name: "prometheus-node-exporter",
+            child: ne,
+            addr: ne_addr,
+        },
+    ];
+    std::thread::sleep(Duration::from_secs(3));
+    println!(
+        "footprint: scrape sizes: archwatch {} bytes, node_exporter {} bytes",
+        scrape(agent_addr),
+        scrape(ne_addr)
+    );
+
+    let idle_phase = measure(&procs, idle, || {
+        std::thread::sleep(Duration::from_millis(100))
+    });
+    let mut started = 0usize;
+    let churn_phase = measure(&procs, churn, || {
+        let id = format!("churn-{started}");
+        let pod = format!("crashloop-{}", started % 110);
+        let _ = ctd.run(
+            "k8s.io",
+            "bench.example/wrong-arch:v1",
+            &id,
+            &[
+                ("io.kubernetes.pod.name", pod.as_str()),
+                ("io.kubernetes.pod.namespace", "bench"),
+                ("io.kubernetes.container.name", "app"),
+            ],
+            Duration::from_secs(30),
+        );
+        started += 1;
+    });
+    let diagnosed = std::fs::read_to_string(work.path().join("journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"exec_failure\""))
+        .count();
+    println!(
+        "footprint: idle {idle} s, then {churn} s of churn: {started} containers started and failed ({:.1}/s), {diagnosed} diagnosed",
+        started as f64 / churn as f64
+    );
+    for (i, p) in procs.iter().enumerate() {
+        println!(
+            "footprint: {:<25} idle RSS mean {:.1} MiB (max {:.1}), CPU {:.2} % of a core | churn RSS mean {:.1} MiB (max {:.1}), CPU {:.2} % of a core",
+            p.name,
+            idle_phase[i].rss_mean / 1024.0,
+            idle_phase[i].rss_max as f64 / 1024.0,
+            idle_phase[i].cpu_percent,
+            churn_phase[i].rss_mean / 1024.0,
+            churn_phase[i].rss_max as f64 / 1024.0,
+            churn_phase[i].cpu_percent,
+        );
+    }
+    for p in &mut procs {
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+}
