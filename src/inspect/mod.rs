@@ -108,6 +108,8 @@ pub enum InspectError {
     EmptyArgv,
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
+    #[error("layer {layer} was removed during the inspection (snapshot deleted): what it held is unknown")]
+    Vanished { layer: String },
     #[error("reading {path}: {source}")]
     Read {
         path: String,
@@ -120,6 +122,7 @@ impl InspectError {
         match self {
             InspectError::EmptyArgv => "empty_argv",
             InspectError::Rootfs(e) => e.kind(),
+            InspectError::Vanished { .. } => "snapshot_vanished",
             InspectError::Read { .. } => "read",
         }
     }
@@ -141,7 +144,13 @@ pub fn inspect<L: Layers>(
         bytes: 0,
         handler: None,
     };
-    let d = w.argv0(argv0)?;
+    let d = w.argv0(argv0);
+    // Checked after the walk: a layer removed while it ran makes any answer, an error
+    // included, one about files that are no longer the image's.
+    if let Some(layer) = root.backend().vanished() {
+        return Err(InspectError::Vanished { layer });
+    }
+    let d = d?;
     if let (Some(claimed), Some(real)) = (req.claimed_arch, d.binary_arch) {
         if !same_arch(claimed, real) {
             w.findings.push(Finding {

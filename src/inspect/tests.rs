@@ -675,6 +675,46 @@ fn config_that_lies_is_a_finding_beside_the_verdict() {
 }
 
 #[test]
+fn a_layer_removed_mid_inspection_is_an_error_not_a_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
+    build(&top, &[F::File("/etc/marker", b"x".to_vec(), 0o644)]);
+    build(&bottom, &[F::File("/app", arm64(None), 0o755)]);
+    let root = Rootfs::new(vec![top.clone(), bottom.clone()]).unwrap();
+    let argv = vec!["/app".to_string()];
+    let req = Request {
+        argv: &argv,
+        path_env: None,
+        cwd: "/",
+        claimed_arch: None,
+    };
+    let n = node();
+    let t = Table::empty();
+    let ctx = || Context {
+        node: &n,
+        binfmt: &t,
+    };
+    assert_eq!(
+        inspect(&root, &req, ctx()).unwrap().verdict,
+        Verdict::ArchMismatch
+    );
+    // containerd removes the snapshot while the stack is open: /app is now absent, and
+    // that absence must not become `not_found`.
+    fs::remove_dir_all(&bottom).unwrap();
+    let e = inspect(&root, &req, ctx()).unwrap_err();
+    assert_eq!(e.kind(), "snapshot_vanished", "{e}");
+    assert!(e.to_string().contains("bottom"), "{e}");
+
+    // The way containerd removes a snapshot: renamed away first, files deleted after. Caught
+    // while the files are all still there.
+    build(&bottom, &[F::File("/app", arm64(None), 0o755)]);
+    let root = Rootfs::new(vec![top.clone(), bottom.clone()]).unwrap();
+    fs::rename(&bottom, dir.path().join("rm-bottom")).unwrap();
+    let e = inspect(&root, &req, ctx()).unwrap_err();
+    assert_eq!(e.kind(), "snapshot_vanished", "{e}");
+}
+
+#[test]
 fn a_symlink_aimed_at_a_host_file_never_reads_it() {
     let outside = tempfile::tempdir().unwrap();
     let canary = outside.path().join("canary");

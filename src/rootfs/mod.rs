@@ -62,6 +62,11 @@ pub trait Layers {
     fn root_mode(&self) -> u32 {
         0o755
     }
+    /// A layer removed since the stack was opened (a snapshot deleted mid-inspection): what
+    /// was read from it may be absence that is not the image's.
+    fn vanished(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A container root: layers, top first, seen as one merged tree.
@@ -476,6 +481,25 @@ impl Layers for Dirs {
 
     fn open(&self, entry: &Entry) -> Result<FileSource, RootfsError> {
         Ok(FileSource::new(self.open_regular(entry)?, entry.size))
+    }
+
+    fn vanished(&self) -> Option<String> {
+        // Removed: an open directory that has been deleted reports no links, and containerd
+        // renames a snapshot away before deleting its files, so the path no longer names the
+        // directory that was opened.
+        let gone = |fd: &OwnedFd, path: &PathBuf| {
+            let Ok(open) = rustix::fs::fstat(fd) else {
+                return true;
+            };
+            let now = rustix::fs::stat(path);
+            open.st_nlink == 0
+                || !now.is_ok_and(|n| (n.st_dev, n.st_ino) == (open.st_dev, open.st_ino))
+        };
+        self.fds
+            .iter()
+            .zip(&self.paths)
+            .find(|(fd, p)| gone(fd, p))
+            .map(|(_, p)| p.display().to_string())
     }
 
     fn root_mode(&self) -> u32 {
