@@ -85,7 +85,7 @@ fn fifty_failures_a_second_stay_bounded_lose_nothing_and_respect_the_api() {
         .expect("stream");
     let per_second = per_round as f64 / round.as_secs_f64();
 
-    let (api, url) = fake_api::FakeApi::start();
+    let (api, url) = fake_api::FakeApi::start_lean();
     let work = tempfile::tempdir().unwrap();
     let kubeconfig = work.path().join("kubeconfig");
     std::fs::write(

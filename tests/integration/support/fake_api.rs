@@ -30,6 +30,9 @@ pub enum Answer {
 pub struct FakeApi {
     pub requests: Arc<Mutex<Vec<Req>>>,
     pub script: Arc<Mutex<VecDeque<Answer>>>,
+    /// Keep only `regarding.name` of each body: a long load run then measures the agent's
+    /// memory, not the log of what this server received.
+    pub lean: bool,
 }
 
 fn status_body(code: u16, reason: &str, retry: Option<u32>) -> String {
@@ -42,9 +45,21 @@ fn status_body(code: u16, reason: &str, retry: Option<u32>) -> String {
 
 impl FakeApi {
     pub fn start() -> (FakeApi, String) {
+        Self::start_with(FakeApi::default())
+    }
+
+    /// [`FakeApi::start`], keeping only `regarding.name` of each body.
+    #[allow(dead_code)]
+    pub fn start_lean() -> (FakeApi, String) {
+        Self::start_with(FakeApi {
+            lean: true,
+            ..FakeApi::default()
+        })
+    }
+
+    fn start_with(api: FakeApi) -> (FakeApi, String) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = format!("http://{}", l.local_addr().unwrap());
-        let api = FakeApi::default();
         let a = api.clone();
         std::thread::spawn(move || {
             for conn in l.incoming().flatten() {
@@ -85,10 +100,15 @@ impl FakeApi {
             r.read_exact(&mut body).unwrap();
             let body: serde_json::Value =
                 serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            let kept = if self.lean {
+                serde_json::json!({"regarding": {"name": body["regarding"]["name"]}})
+            } else {
+                body.clone()
+            };
             self.requests.lock().unwrap().push(Req {
                 method: method.clone(),
                 path: path.clone(),
-                body: body.clone(),
+                body: kept,
                 at: Instant::now(),
                 received: chrono::Utc::now(),
             });
