@@ -236,8 +236,9 @@ fn fifty_failures_a_second_stay_bounded_lose_nothing_and_respect_the_api() {
     let reqs = api.requests();
     let writes = reqs.len();
     println!(
-        "load: {writes} API writes in {:.1} s",
-        stats.elapsed.as_secs_f64()
+        "load: {writes} API writes in {:.1} s over {} connections",
+        stats.elapsed.as_secs_f64(),
+        api.connections.load(Ordering::Relaxed)
     );
     assert_eq!(writes, (created + updated) as usize);
     assert!(writes as f64 <= 100.0 + stats.elapsed.as_secs_f64() + 30.0 + 1.0);

@@ -33,6 +33,8 @@ pub struct FakeApi {
     /// Keep only `regarding.name` of each body: a long load run then measures the agent's
     /// memory, not the log of what this server received.
     pub lean: bool,
+    /// Connections accepted.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn status_body(code: u16, reason: &str, retry: Option<u32>) -> String {
@@ -63,6 +65,8 @@ impl FakeApi {
         let a = api.clone();
         std::thread::spawn(move || {
             for conn in l.incoming().flatten() {
+                a.connections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let a = a.clone();
                 std::thread::spawn(move || a.serve(conn));
             }
