@@ -7,53 +7,19 @@
 
 #[path = "../tests/integration/support/fake_api.rs"]
 mod fake_api;
+mod support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use archwatch::oci::{ImageSpec, Item, Layer, Layout};
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn main() {
-    let n: usize = std::env::var("ARCHWATCH_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let fixtures = std::env::var("ARCHWATCH_FIXTURES")
-        .unwrap_or_else(|_| "/var/cache/archwatch-fixtures".into());
-    let arm64 =
-        std::fs::read(format!("{fixtures}/busybox-arm64")).expect("run scripts/fixtures first");
-    let mut ctd = archwatch::lab::Containerd::start().expect("containerd");
-    let work = tempfile::tempdir().expect("tempdir");
-    let mut l = Layout::new();
-    let m = l
-        .add_image(&ImageSpec::new(
-            "arm64",
-            &["/bin/busybox", "true"],
-            vec![Layer(vec![Item::file("/bin/busybox", arm64, 0o755)])],
-        ))
-        .expect("image");
-    l.tag("bench.example/wrong-arch:v1", &m);
-    let archive = work.path().join("img.tar");
-    l.write_archive(&archive).expect("archive");
-    ctd.import("k8s.io", &archive).expect("import");
+    let n: usize = support::env_or("ARCHWATCH_BENCH_N", 200);
+    let (mut ctd, work) = support::wrong_arch_lab();
 
     let journal = work.path().join("journal.jsonl");
     let (api, url) = fake_api::FakeApi::start();
     let kubeconfig = work.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\ncurrent-context: c\n"),
-    )
-    .expect("kubeconfig");
+    std::fs::write(&kubeconfig, fake_api::kubeconfig(&url)).expect("kubeconfig");
     let mut agent = Command::new(env!("CARGO_BIN_EXE_archwatch"))
         .args([
             "agent",
@@ -75,7 +41,7 @@ fn main() {
         .spawn()
         .expect("agent");
     std::thread::sleep(Duration::from_secs(2));
-    let idle_rss = rss_kib(agent.id(), "VmRSS:");
+    let idle_rss = support::status_kib(&agent.id().to_string(), "VmRSS:");
 
     let started = Instant::now();
     for i in 0..n {
@@ -86,7 +52,7 @@ fn main() {
         let lbl: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         ctd.run(
             "k8s.io",
-            "bench.example/wrong-arch:v1",
+            support::WRONG_ARCH,
             &format!("c{i}"),
             &lbl,
             Duration::from_secs(30),
@@ -134,7 +100,7 @@ fn main() {
         })
         .collect();
     post_ms.sort_by(f64::total_cmp);
-    let peak_rss = rss_kib(agent.id(), "VmHWM:");
+    let peak_rss = support::status_kib(&agent.id().to_string(), "VmHWM:");
     let _ = agent.kill();
     let _ = agent.wait();
 

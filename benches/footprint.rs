@@ -6,11 +6,11 @@
 //! Run: `cargo bench --bench footprint` (as root; ARCHWATCH_IDLE_SECS default 60,
 //! ARCHWATCH_CHURN_SECS default 300).
 
+mod support;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use archwatch::oci::{ImageSpec, Item, Layer, Layout};
 
 struct Proc {
     name: &'static str,
@@ -21,26 +21,15 @@ struct Proc {
 #[derive(Default, Clone, Copy)]
 struct Sample {
     rss_kib: u64,
-    cpu_ticks: u64,
+    cpu_seconds: f64,
 }
 
 fn sample(pid: u32) -> Sample {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let cpu_ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Sample { rss_kib, cpu_ticks }
+    let pid = pid.to_string();
+    Sample {
+        rss_kib: support::status_kib(&pid, "VmRSS:"),
+        cpu_seconds: support::cpu_seconds(&pid),
+    }
 }
 
 fn free_port() -> SocketAddr {
@@ -94,7 +83,6 @@ fn measure(procs: &[Proc], secs: u64, mut work: impl FnMut()) -> Vec<Phase> {
         work();
     }
     let wall = start.elapsed().as_secs_f64();
-    let ticks_per_sec = 100.0;
     procs
         .iter()
         .enumerate()
@@ -104,40 +92,16 @@ fn measure(procs: &[Proc], secs: u64, mut work: impl FnMut()) -> Vec<Phase> {
             Phase {
                 rss_mean: r.iter().sum::<u64>() as f64 / r.len().max(1) as f64,
                 rss_max: r.iter().copied().max().unwrap_or(0),
-                cpu_percent: (last.cpu_ticks - first[i].cpu_ticks) as f64 / ticks_per_sec / wall
-                    * 100.0,
+                cpu_percent: (last.cpu_seconds - first[i].cpu_seconds) / wall * 100.0,
             }
         })
         .collect()
 }
 
 fn main() {
-    let idle: u64 = std::env::var("ARCHWATCH_IDLE_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
-    let churn: u64 = std::env::var("ARCHWATCH_CHURN_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
-    let fixtures = std::env::var("ARCHWATCH_FIXTURES")
-        .unwrap_or_else(|_| "/var/cache/archwatch-fixtures".into());
-    let arm64 =
-        std::fs::read(format!("{fixtures}/busybox-arm64")).expect("run scripts/fixtures first");
-    let mut ctd = archwatch::lab::Containerd::start().expect("containerd");
-    let work = tempfile::tempdir().expect("tempdir");
-    let mut l = Layout::new();
-    let m = l
-        .add_image(&ImageSpec::new(
-            "arm64",
-            &["/bin/busybox", "true"],
-            vec![Layer(vec![Item::file("/bin/busybox", arm64, 0o755)])],
-        ))
-        .expect("image");
-    l.tag("bench.example/wrong-arch:v1", &m);
-    let archive = work.path().join("img.tar");
-    l.write_archive(&archive).expect("archive");
-    ctd.import("k8s.io", &archive).expect("import");
+    let idle: u64 = support::env_or("ARCHWATCH_IDLE_SECS", 60);
+    let churn: u64 = support::env_or("ARCHWATCH_CHURN_SECS", 300);
+    let (mut ctd, work) = support::wrong_arch_lab();
 
     let agent_addr = free_port();
     let agent = Command::new(env!("CARGO_BIN_EXE_archwatch"))
@@ -188,7 +152,7 @@ fn main() {
         let pod = format!("crashloop-{}", started % 110);
         let _ = ctd.run(
             "k8s.io",
-            "bench.example/wrong-arch:v1",
+            support::WRONG_ARCH,
             &id,
             &[
                 ("io.kubernetes.pod.name", pod.as_str()),

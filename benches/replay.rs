@@ -6,6 +6,8 @@
 //!
 //! Run: `cargo bench --bench replay` (as root; ARCHWATCH_BENCH_ENVELOPES, default 100000).
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,35 +15,15 @@ use archwatch::agent::{Config, Feed, Replay};
 use archwatch::replay::NodeTemplates;
 use tokio_util::sync::CancellationToken;
 
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks as f64 / 100.0
-}
-
 fn main() {
-    let total: usize = std::env::var("ARCHWATCH_BENCH_ENVELOPES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let fixtures = std::env::var("ARCHWATCH_FIXTURES")
-        .unwrap_or_else(|_| "/var/cache/archwatch-fixtures".into());
-    let read = |n: &str| std::fs::read(format!("{fixtures}/{n}")).expect("run scripts/fixtures");
+    let total: usize = support::env_or("ARCHWATCH_BENCH_ENVELOPES", 100_000);
     let mut ctd = archwatch::lab::Containerd::start().expect("containerd");
-    let t = NodeTemplates::record(&mut ctd, read("busybox-arm64"), read("busybox-amd64"))
-        .expect("record");
+    let t = NodeTemplates::record(
+        &mut ctd,
+        support::fixture("busybox-arm64"),
+        support::fixture("busybox-amd64"),
+    )
+    .expect("record");
     drop(ctd);
     println!(
         "replay: recorded {} + {} + {} envelopes (crash, healthy start, exec probe)",
@@ -78,7 +60,7 @@ fn main() {
         .build()
         .expect("runtime");
     let envelopes = s.envelopes.len();
-    let rss_before = status_kib("VmRSS:");
+    let rss_before = support::status_kib("self", "VmRSS:");
     let samples = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));
     let sampler = {
         let samples = samples.clone();
@@ -87,16 +69,16 @@ fn main() {
         let h = std::thread::spawn(move || {
             let t0 = Instant::now();
             while !s2.load(std::sync::atomic::Ordering::Relaxed) {
-                samples
-                    .lock()
-                    .unwrap()
-                    .push((t0.elapsed().as_secs_f64(), status_kib("VmRSS:")));
+                samples.lock().unwrap().push((
+                    t0.elapsed().as_secs_f64(),
+                    support::status_kib("self", "VmRSS:"),
+                ));
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
         (stop, h)
     };
-    let cpu0 = cpu_seconds();
+    let cpu0 = support::cpu_seconds("self");
     let stats = rt.block_on(async move {
         let (done, finished) = tokio::sync::oneshot::channel();
         let stop = CancellationToken::new();
@@ -117,7 +99,7 @@ fn main() {
         agent.await.expect("agent").expect("agent ran");
         stats
     });
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = support::cpu_seconds("self") - cpu0;
     sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
     sampler.1.join().unwrap();
     let diagnosed = std::fs::read_to_string(&journal)
@@ -152,6 +134,6 @@ fn main() {
         at(0.5),
         at(0.75),
         at(1.0),
-        status_kib("VmHWM:")
+        support::status_kib("self", "VmHWM:")
     );
 }

@@ -1145,12 +1145,7 @@ impl Pipeline {
             None => Identity {
                 containerd_namespace: key.namespace.clone(),
                 container_id: key.id.clone(),
-                pod: None,
-                pod_namespace: None,
-                pod_uid: None,
-                container: None,
-                image: String::new(),
-                image_digest: None,
+                ..Identity::default()
             },
         };
         warn!(

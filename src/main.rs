@@ -121,7 +121,7 @@ struct AgentArgs {
     kubeconfig: Option<PathBuf>,
     /// Expiry of the lease under each image view: anything a killed agent leaves in
     /// containerd is garbage-collected after this many seconds.
-    #[arg(long, env = "ARCHWATCH_VIEW_LEASE_SECS", default_value_t = 600)]
+    #[arg(long, env = "ARCHWATCH_VIEW_LEASE_SECS", default_value_t = archwatch::containerd::LEASE_TTL.as_secs())]
     view_lease_secs: u64,
     /// Events waiting for the API server beyond this many are dropped, oldest first.
     #[arg(long, default_value_t = 1024)]

@@ -88,11 +88,7 @@ fn fifty_failures_a_second_stay_bounded_lose_nothing_and_respect_the_api() {
     let (api, url) = fake_api::FakeApi::start_lean();
     let work = tempfile::tempdir().unwrap();
     let kubeconfig = work.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\ncurrent-context: c\n"),
-    )
-    .unwrap();
+    std::fs::write(&kubeconfig, fake_api::kubeconfig(&url)).unwrap();
     let journal = work.path().join("journal.jsonl");
     let queue = 1024;
     let cfg = Config {

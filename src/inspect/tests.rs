@@ -115,6 +115,25 @@ fn node() -> Node {
     Node::with_arch(Arch::Amd64)
 }
 
+/// `argv0` alone in an existing root, on an amd64 node with no binfmt handlers.
+fn inspect_argv0(root: &Rootfs, argv0: &str) -> Result<Inspection, InspectError> {
+    let argv = vec![argv0.to_string()];
+    let req = Request {
+        argv: &argv,
+        path_env: None,
+        cwd: "/",
+        claimed_arch: None,
+    };
+    inspect(
+        root,
+        &req,
+        Context {
+            node: &node(),
+            binfmt: &Table::empty(),
+        },
+    )
+}
+
 #[test]
 fn verdicts_over_crafted_roots() {
     let sh = || F::File("/bin/sh", amd64(None), 0o755);
@@ -681,27 +700,14 @@ fn a_layer_removed_mid_inspection_is_an_error_not_a_verdict() {
     build(&top, &[F::File("/etc/marker", b"x".to_vec(), 0o644)]);
     build(&bottom, &[F::File("/app", arm64(None), 0o755)]);
     let root = Rootfs::new(vec![top.clone(), bottom.clone()]).unwrap();
-    let argv = vec!["/app".to_string()];
-    let req = Request {
-        argv: &argv,
-        path_env: None,
-        cwd: "/",
-        claimed_arch: None,
-    };
-    let n = node();
-    let t = Table::empty();
-    let ctx = || Context {
-        node: &n,
-        binfmt: &t,
-    };
     assert_eq!(
-        inspect(&root, &req, ctx()).unwrap().verdict,
+        inspect_argv0(&root, "/app").unwrap().verdict,
         Verdict::ArchMismatch
     );
     // containerd removes the snapshot while the stack is open: /app is now absent, and
     // that absence must not become `not_found`.
     fs::remove_dir_all(&bottom).unwrap();
-    let e = inspect(&root, &req, ctx()).unwrap_err();
+    let e = inspect_argv0(&root, "/app").unwrap_err();
     assert_eq!(e.kind(), "snapshot_vanished", "{e}");
     assert!(e.to_string().contains("bottom"), "{e}");
 
@@ -710,7 +716,7 @@ fn a_layer_removed_mid_inspection_is_an_error_not_a_verdict() {
     build(&bottom, &[F::File("/app", arm64(None), 0o755)]);
     let root = Rootfs::new(vec![top.clone(), bottom.clone()]).unwrap();
     fs::rename(&bottom, dir.path().join("rm-bottom")).unwrap();
-    let e = inspect(&root, &req, ctx()).unwrap_err();
+    let e = inspect_argv0(&root, "/app").unwrap_err();
     assert_eq!(e.kind(), "snapshot_vanished", "{e}");
 }
 
@@ -735,24 +741,7 @@ fn a_symlink_aimed_at_a_host_file_never_reads_it() {
     );
     let root = Rootfs::new(vec![dir.path().to_path_buf()]).unwrap();
     for argv0 in ["/app", "/abs"] {
-        let argv = vec![argv0.to_string()];
-        let req = Request {
-            argv: &argv,
-            path_env: None,
-            cwd: "/",
-            claimed_arch: None,
-        };
-        let n = node();
-        let t = Table::empty();
-        let got = inspect(
-            &root,
-            &req,
-            Context {
-                node: &n,
-                binfmt: &t,
-            },
-        )
-        .unwrap();
+        let got = inspect_argv0(&root, argv0).unwrap();
         assert_eq!(got.verdict, Verdict::NotFound, "{argv0}: {got:#?}");
         assert_eq!(got.bytes_read, 0);
     }

@@ -80,9 +80,10 @@ pub struct Stack<L> {
 pub struct Dirs {
     paths: Vec<PathBuf>,
     fds: Vec<OwnedFd>,
-    /// Per layer, the directory last found there: the resolver walks one component at a
-    /// time, so the next lookup starts from it instead of from the layer's root (linear in
-    /// the depth, not quadratic).
+    /// Per layer, the last directory found there whose path is [`KEEP_DIR_FROM`] bytes or more:
+    /// the resolver walks one component at a time, so lookups below it start from it instead
+    /// of from the layer's root (linear in the depth, not quadratic). Ordinary paths never
+    /// fill it.
     last_dir: std::sync::Mutex<Vec<Option<(String, OwnedFd)>>>,
 }
 
@@ -259,6 +260,9 @@ impl Rootfs {
         self.layers.open_regular(entry)
     }
 }
+
+/// A directory path this long is kept for the lookups below it (see `Dirs::last_dir`).
+const KEEP_DIR_FROM: usize = 256;
 
 /// Components per `openat2` call stay under this many bytes (PATH_MAX is 4096).
 const OPEN_CHUNK: usize = 2048;
@@ -449,7 +453,9 @@ impl Layers for Dirs {
             source: e.into(),
         })?;
         let ft = FileType::from_raw_mode(st.st_mode);
-        if ft == FileType::Directory {
+        // Only a deep directory is worth keeping: below it, the next lookups start from it
+        // instead of walking the whole path again.
+        if ft == FileType::Directory && rel.len() >= KEEP_DIR_FROM {
             if let Ok(dup) = fd.try_clone() {
                 let mut last = self.last_dir.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(slot) = last.get_mut(layer) {

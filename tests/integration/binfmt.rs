@@ -46,11 +46,7 @@ fn emulation_is_confirmed_counted_and_follows_the_handler_table() {
 
     let (api, url) = FakeApi::start();
     let kubeconfig = work.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\ncurrent-context: c\n"),
-    )
-    .unwrap();
+    std::fs::write(&kubeconfig, crate::support::fake_api::kubeconfig(&url)).unwrap();
     let agent = Agent::start_with_env(
         &ctd.socket,
         &["--kube", "auto"],

@@ -33,30 +33,6 @@ fn snapshot_with(ctd: &Containerd, marker: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| panic!("no snapshot holds {marker}"))
 }
 
-/// `depth` nested `d` directories under `top`, made with *at calls (the path is far longer
-/// than PATH_MAX); returns the deepest one's fd.
-fn dig(top: &std::path::Path, depth: usize) -> rustix::fd::OwnedFd {
-    use rustix::fs::{mkdirat, openat, Mode, OFlags};
-    let mut fd = openat(
-        rustix::fs::CWD,
-        top,
-        OFlags::DIRECTORY | OFlags::RDONLY,
-        Mode::empty(),
-    )
-    .unwrap();
-    for _ in 0..depth {
-        let _ = mkdirat(fd.as_fd(), "d", Mode::from_raw_mode(0o755));
-        fd = openat(
-            fd.as_fd(),
-            "d",
-            OFlags::DIRECTORY | OFlags::RDONLY,
-            Mode::empty(),
-        )
-        .unwrap();
-    }
-    fd
-}
-
 #[test]
 fn huge_and_deep_entrypoints_are_read_by_their_headers_only() {
     let _binfmt = support::binfmt_shared();
@@ -164,7 +140,13 @@ fn run_kept(ctd: &Containerd, image: &str, id: &str, labels: &[(&str, &str)]) {
 /// Turns the snapshot of an image whose `/entry` links to `/{hop}s1` into a chain of five
 /// symlinks, each `hop` deeper, the last one the binary `bin`, 10,000 directories down.
 fn deepen(fs: &std::path::Path, hop: &str, bin: &[u8]) {
-    let mut at = dig(fs, 0);
+    let mut at = rustix::fs::openat(
+        rustix::fs::CWD,
+        fs,
+        rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
     for i in 1..=5 {
         let below = dig_from(&at, 2000);
         let name = format!("s{i}");
@@ -185,16 +167,11 @@ fn deepen(fs: &std::path::Path, hop: &str, bin: &[u8]) {
     }
 }
 
-/// `depth` more `d` directories below the directory `from`.
+/// `depth` more `d` directories below the directory `from`, made with *at calls (the path
+/// is far longer than PATH_MAX); returns the deepest one.
 fn dig_from(from: &rustix::fd::OwnedFd, depth: usize) -> rustix::fd::OwnedFd {
     use rustix::fs::{mkdirat, openat, Mode, OFlags};
-    let mut fd = openat(
-        from.as_fd(),
-        ".",
-        OFlags::DIRECTORY | OFlags::RDONLY,
-        Mode::empty(),
-    )
-    .unwrap();
+    let mut fd = from.try_clone().unwrap();
     for _ in 0..depth {
         let _ = mkdirat(fd.as_fd(), "d", Mode::from_raw_mode(0o755));
         fd = openat(

@@ -51,6 +51,16 @@ fn held(ctd: &Containerd) -> (Vec<String>, Vec<String>) {
     (leases, views)
 }
 
+/// Triggers collection until nothing of the agent's is left, for up to 10 s.
+fn collect_until_empty(ctd: &Containerd) {
+    collect_garbage(ctd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held(ctd) != (Vec::new(), Vec::new()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        collect_garbage(ctd);
+    }
+}
+
 /// Makes containerd collect garbage now: deleting a lease with `--sync` runs the collector.
 fn collect_garbage(ctd: &Containerd) {
     let out = ctd.ctr_ns(
@@ -103,12 +113,7 @@ fn a_view_left_by_a_killed_process_expires_and_is_collected() {
     collect_garbage(&ctd);
     assert_eq!(held(&ctd).1.len(), 1, "collected before its lease expired");
     std::thread::sleep(Duration::from_secs(3));
-    collect_garbage(&ctd);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while held(&ctd) != (Vec::new(), Vec::new()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        collect_garbage(&ctd);
-    }
+    collect_until_empty(&ctd);
     assert_eq!(
         held(&ctd),
         (Vec::new(), Vec::new()),
@@ -153,12 +158,7 @@ fn sigterm_leaves_nothing_and_sigkill_leaves_only_what_expires() {
     agent.kill();
     let left = held(&ctd);
     std::thread::sleep(Duration::from_secs(4));
-    collect_garbage(&ctd);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while held(&ctd) != (Vec::new(), Vec::new()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        collect_garbage(&ctd);
-    }
+    collect_until_empty(&ctd);
     assert_eq!(
         held(&ctd),
         (Vec::new(), Vec::new()),

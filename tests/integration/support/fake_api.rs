@@ -151,3 +151,9 @@ impl FakeApi {
         self.requests.lock().unwrap().clone()
     }
 }
+
+/// A kubeconfig that points at the fake API server at `url`, without credentials.
+#[allow(dead_code)]
+pub fn kubeconfig(url: &str) -> String {
+    format!("apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\ncurrent-context: c\n")
+}

@@ -1,0 +1,71 @@
+//! What the benches share: settings from the environment, the fixtures, a private containerd
+//! holding one wrong-arch image, and readings of /proc.
+#![allow(dead_code)]
+
+use archwatch::lab::Containerd;
+use archwatch::oci::{ImageSpec, Item, Layer, Layout};
+
+/// An arm64 busybox image: every container of it fails with `exec format error` here.
+pub const WRONG_ARCH: &str = "bench.example/wrong-arch:v1";
+
+/// `name` from the environment, else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A file of the fixtures `scripts/fixtures` fetches.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let dir = std::env::var("ARCHWATCH_FIXTURES")
+        .unwrap_or_else(|_| "/var/cache/archwatch-fixtures".into());
+    std::fs::read(format!("{dir}/{name}")).expect("run scripts/fixtures first")
+}
+
+/// A private containerd with [`WRONG_ARCH`] imported into `k8s.io`, and a work directory.
+pub fn wrong_arch_lab() -> (Containerd, tempfile::TempDir) {
+    let mut ctd = Containerd::start().expect("containerd");
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut l = Layout::new();
+    let m = l
+        .add_image(&ImageSpec::new(
+            "arm64",
+            &["/bin/busybox", "true"],
+            vec![Layer(vec![Item::file(
+                "/bin/busybox",
+                fixture("busybox-arm64"),
+                0o755,
+            )])],
+        ))
+        .expect("image");
+    l.tag(WRONG_ARCH, &m);
+    let archive = work.path().join("img.tar");
+    l.write_archive(&archive).expect("archive");
+    ctd.import("k8s.io", &archive).expect("import");
+    (ctd, work)
+}
+
+/// A `KiB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`); `pid` may be `self`.
+pub fn status_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of `pid` (`self` allowed), in seconds.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
