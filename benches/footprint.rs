@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,27 +32,6 @@ fn sample(pid: u32) -> Sample {
     }
 }
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn scrape(addr: SocketAddr) -> usize {
-    use std::io::{Read, Write};
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return 0;
-    };
-    let _ = write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out.len()
-}
-
 struct Phase {
     rss_mean: f64,
     rss_max: u64,
@@ -70,7 +49,7 @@ fn measure(procs: &[Proc], secs: u64, mut work: impl FnMut()) -> Vec<Phase> {
     while start.elapsed() < Duration::from_secs(secs) {
         if Instant::now() >= next_scrape {
             for p in procs {
-                scrape(p.addr);
+                support::scrape(p.addr);
             }
             next_scrape += Duration::from_secs(15);
         }
@@ -103,7 +82,7 @@ fn main() {
     let churn: u64 = support::env_or("ARCHWATCH_CHURN_SECS", 300);
     let (mut ctd, work) = support::wrong_arch_lab();
 
-    let agent_addr = free_port();
+    let agent_addr = support::free_port();
     let agent = Command::new(env!("CARGO_BIN_EXE_archwatch"))
         .args(["agent", "--kube", "off", "--api-socket"])
         .arg(work.path().join("api.sock"))
@@ -117,7 +96,7 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("agent");
-    let ne_addr = free_port();
+    let ne_addr = support::free_port();
     let ne = Command::new("prometheus-node-exporter")
         .arg(format!("--web.listen-address={ne_addr}"))
         .stdout(Stdio::null())
@@ -139,8 +118,8 @@ fn main() {
     std::thread::sleep(Duration::from_secs(3));
     println!(
         "footprint: scrape sizes: archwatch {} bytes, node_exporter {} bytes",
-        scrape(agent_addr),
-        scrape(ne_addr)
+        support::scrape(agent_addr).len(),
+        support::scrape(ne_addr).len()
     );
 
     let idle_phase = measure(&procs, idle, || {
