@@ -1,6 +1,7 @@
 //! A private containerd + runc for `archwatch demo` and the integration suite: its own root,
-//! state and socket in a temp dir, CRI disabled, never the system containerd. Killed,
-//! unmounted and removed on drop.
+//! state and socket in a temp dir, never the system containerd. The release is Debian's (on
+//! `PATH`) or a newer one unpacked by scripts/containerd-releases; the CRI plugin is off unless
+//! asked for. Killed, unmounted and removed on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -36,7 +37,11 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
 
 pub struct Containerd {
     dir: tempfile::TempDir,
+    /// The socket, alone in its directory as `/run/containerd/containerd.sock` is on a node:
+    /// containerd removes and re-creates it on every start.
     pub socket: PathBuf,
+    bin: Binaries,
+    opts: Options,
     child: Option<Child>,
     namespaces: Vec<String>,
 }
@@ -48,28 +53,214 @@ pub struct RunOutcome {
     pub output: String,
 }
 
+/// The containerd release a lab runs: its binaries and the version they report.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    /// Directory with `containerd`, `containerd-shim-runc-v2` and `ctr`; `None` for the ones
+    /// on `PATH` (Debian's package).
+    pub dir: Option<PathBuf>,
+    /// `major.minor.patch` from `containerd --version`.
+    pub version: (u32, u32, u32),
+}
+
+impl Binaries {
+    /// The release named by `ARCHWATCH_CONTAINERD_DIR` (a directory holding a newer
+    /// containerd, see scripts/containerd-releases), else the one on `PATH`.
+    pub fn from_env() -> Result<Binaries, LabError> {
+        let dir = std::env::var_os("ARCHWATCH_CONTAINERD_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        Binaries::at(dir)
+    }
+
+    pub fn at(dir: Option<PathBuf>) -> Result<Binaries, LabError> {
+        let mut b = Binaries {
+            dir,
+            version: (0, 0, 0),
+        };
+        let out = Command::new(b.path("containerd"))
+            .arg("--version")
+            .output()
+            .map_err(io(
+                "running containerd --version (is it installed? scripts/install-deps)",
+            ))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        b.version = parse_version(&text).ok_or_else(|| LabError::Command {
+            cmd: "containerd --version".into(),
+            stderr: format!("no version in {text:?}"),
+        })?;
+        Ok(b)
+    }
+
+    /// Path of one of the release's programs.
+    pub fn path(&self, program: &str) -> PathBuf {
+        match &self.dir {
+            Some(d) => d.join(program),
+            None => PathBuf::from(program),
+        }
+    }
+
+    /// `1.6.20`, for reports.
+    pub fn version_string(&self) -> String {
+        let (a, b, c) = self.version;
+        format!("{a}.{b}.{c}")
+    }
+}
+
+/// The first `X.Y.Z` in `containerd --version` output (`containerd github.com/containerd/
+/// containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3`, or `.../containerd/v2 2.1.9+unknown`).
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    text.split_whitespace().skip(1).find_map(|w| {
+        let w = w.trim_start_matches('v');
+        let mut it = w.split(|c: char| !c.is_ascii_digit());
+        let a = it.next()?.parse().ok()?;
+        let b = it.next()?.parse().ok()?;
+        let c = it.next()?.parse().ok()?;
+        w.starts_with(|c: char| c.is_ascii_digit())
+            .then_some((a, b, c))
+    })
+}
+
+/// How a lab containerd is configured.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Enable the CRI plugin (as the kubelet drives it). `None`: CRI disabled.
+    pub cri: Option<CriOptions>,
+}
+
+/// The CRI plugin's settings that a lab needs.
+#[derive(Clone, Debug, Default)]
+pub struct CriOptions {
+    /// The pause image (imported before the first sandbox).
+    pub sandbox_image: String,
+    /// `certs.d`-style registry host directory (`hosts.toml` per registry), for pulls from
+    /// a plain-HTTP registry on loopback.
+    pub registry_config_path: Option<PathBuf>,
+}
+
+/// containerd's config file for a release: one writer per config version (1.6 and 1.7 read
+/// version 2 with the CRI plugin as `io.containerd.grpc.v1.cri`; 2.x reads version 3 with
+/// the CRI plugin split into `io.containerd.cri.v1.{runtime,images}`).
+pub fn config_for(
+    version: (u32, u32, u32),
+    root: &Path,
+    state: &Path,
+    socket: &Path,
+    opts: &Options,
+) -> String {
+    let head = |v: u32| {
+        format!(
+            "version = {v}\nroot = \"{}\"\nstate = \"{}\"\n[grpc]\n  address = \"{}\"\n",
+            root.display(),
+            state.display(),
+            socket.display()
+        )
+    };
+    if version.0 >= 2 {
+        let mut c = head(3);
+        match &opts.cri {
+            None => c.push_str(
+                "disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.images\", \"io.containerd.cri.v1.runtime\", \"io.containerd.podsandbox.controller.v1.podsandbox\", \"io.containerd.sandbox.controller.v1.shim\"]\n",
+            ),
+            Some(cri) => {
+                // `disabled_plugins` must come before the first table.
+                c = c.replacen(
+                    "[grpc]",
+                    "disabled_plugins = []\n[grpc]",
+                    1,
+                );
+                c.push_str(&format!(
+                    "[plugins.'io.containerd.cri.v1.runtime']\n  restrict_oom_score_adj = true\n  enable_selinux = false\n  [plugins.'io.containerd.cri.v1.runtime'.containerd]\n    default_runtime_name = 'runc'\n    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n      runtime_type = 'io.containerd.runc.v2'\n[plugins.'io.containerd.cri.v1.images']\n  snapshotter = 'overlayfs'\n  [plugins.'io.containerd.cri.v1.images'.pinned_images]\n    sandbox = '{}'\n",
+                    cri.sandbox_image
+                ));
+                if let Some(p) = &cri.registry_config_path {
+                    c.push_str(&format!(
+                        "  [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = '{}'\n",
+                        p.display()
+                    ));
+                }
+            }
+        }
+        c
+    } else {
+        let mut c = head(2);
+        match &opts.cri {
+            None => {
+                c = c.replacen(
+                    "[grpc]",
+                    "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]",
+                    1,
+                )
+            }
+            Some(cri) => {
+                c.push_str(&format!(
+                    "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{}\"\n  restrict_oom_score_adj = true\n  enable_selinux = false\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n    snapshotter = \"overlayfs\"\n    default_runtime_name = \"runc\"\n    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n      runtime_type = \"io.containerd.runc.v2\"\n",
+                    cri.sandbox_image
+                ));
+                if let Some(p) = &cri.registry_config_path {
+                    c.push_str(&format!(
+                        "  [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = \"{}\"\n",
+                        p.display()
+                    ));
+                }
+            }
+        }
+        c
+    }
+}
+
 impl Containerd {
+    /// A lab on the release `ARCHWATCH_CONTAINERD_DIR` names (else Debian's), CRI disabled.
     pub fn start() -> Result<Containerd, LabError> {
+        Containerd::start_with(Binaries::from_env()?, Options::default())
+    }
+
+    pub fn start_with(bin: Binaries, opts: Options) -> Result<Containerd, LabError> {
         let dir = tempfile::Builder::new()
             .prefix("archwatch-containerd-")
             .tempdir()
             .map_err(io("temp dir"))?;
-        let socket = dir.path().join("containerd.sock");
-        let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n",
-            root = dir.path().join("root").display(),
-            state = dir.path().join("state").display(),
-            sock = socket.display()
+        let run = dir.path().join("run").join("containerd");
+        std::fs::create_dir_all(&run).map_err(io("socket directory"))?;
+        let socket = run.join("containerd.sock");
+        let config = config_for(
+            bin.version,
+            &dir.path().join("root"),
+            &dir.path().join("state"),
+            &socket,
+            &opts,
         );
         std::fs::write(dir.path().join("config.toml"), config).map_err(io("containerd config"))?;
         let mut c = Containerd {
             dir,
             socket,
+            bin,
+            opts,
             child: None,
             namespaces: Vec::new(),
         };
         c.spawn()?;
         Ok(c)
+    }
+
+    /// The release this lab runs.
+    pub fn binaries(&self) -> &Binaries {
+        &self.bin
+    }
+
+    /// How this lab was configured.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// containerd's root directory (snapshots live under it).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// containerd's state directory (its socket's directory is beside it).
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     pub fn dir(&self) -> &Path {
@@ -82,7 +273,13 @@ impl Containerd {
             .append(true)
             .open(self.dir.path().join("containerd.log"))
             .map_err(io("containerd log"))?;
-        let child = Command::new("containerd")
+        let mut cmd = Command::new(self.bin.path("containerd"));
+        if let Some(d) = &self.bin.dir {
+            // containerd finds its shim on PATH: the release's own first.
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{path}", d.display()));
+        }
+        let child = cmd
             .arg("--config")
             .arg(self.dir.path().join("config.toml"))
             .stdout(Stdio::null())
@@ -111,7 +308,7 @@ impl Containerd {
     }
 
     pub fn ctr(&self, args: &[&str]) -> Result<Output, LabError> {
-        Command::new("ctr")
+        Command::new(self.bin.path("ctr"))
             .arg("--address")
             .arg(&self.socket)
             .args(args)
@@ -171,7 +368,7 @@ impl Containerd {
         self.note_ns(ns);
         let mut cmd = Command::new("timeout");
         cmd.arg(timeout.as_secs().max(1).to_string())
-            .arg("ctr")
+            .arg(self.bin.path("ctr"))
             .arg("--address")
             .arg(&self.socket)
             .args(["--namespace", ns, "run", "--rm"]);
@@ -202,8 +399,29 @@ impl Containerd {
         }
     }
 
+    /// SIGKILL and start again: containerd removes its old socket and binds a new one (a new
+    /// inode), as on every restart of a node's containerd.
     pub fn restart(&mut self) -> Result<(), LabError> {
         self.kill_hard();
+        self.spawn()
+    }
+
+    /// SIGTERM (as `systemctl restart containerd` sends), wait for it to exit, start again.
+    pub fn restart_graceful(&mut self) -> Result<(), LabError> {
+        if let Some(mut c) = self.child.take() {
+            if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         self.spawn()
     }
 
@@ -386,5 +604,59 @@ impl BinfmtHandler {
 impl Drop for BinfmtHandler {
     fn drop(&mut self) {
         let _ = std::fs::write(Path::new(BINFMT_DIR).join(&self.name), "-1");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_of_the_releases_in_debian() {
+        for (text, v) in [
+            (
+                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3",
+                (1, 6, 20),
+            ),
+            (
+                "containerd github.com/containerd/containerd 1.7.24~ds1 1.7.24~ds1-6+deb13u1",
+                (1, 7, 24),
+            ),
+            (
+                "containerd github.com/containerd/containerd/v2 2.1.9+unknown ",
+                (2, 1, 9),
+            ),
+            (
+                "containerd github.com/containerd/containerd v1.7.2 abc",
+                (1, 7, 2),
+            ),
+        ] {
+            assert_eq!(parse_version(text), Some(v), "{text}");
+        }
+        assert_eq!(parse_version("containerd (devel)"), None);
+    }
+
+    #[test]
+    fn one_config_writer_per_config_version() {
+        let p = Path::new("/x");
+        let cri = Options {
+            cri: Some(CriOptions {
+                sandbox_image: "lab/pause:1".into(),
+                registry_config_path: Some("/x/certs.d".into()),
+            }),
+        };
+        let v16 = config_for((1, 6, 20), p, p, p, &Options::default());
+        assert!(v16.starts_with("version = 2\n"));
+        assert!(v16.contains("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]"));
+        let v17 = config_for((1, 7, 24), p, p, p, &cri);
+        assert!(v17.contains("[plugins.\"io.containerd.grpc.v1.cri\"]"));
+        assert!(v17.contains("sandbox_image = \"lab/pause:1\""));
+        assert!(v17.contains("restrict_oom_score_adj = true"));
+        let v2 = config_for((2, 1, 9), p, p, p, &cri);
+        assert!(v2.starts_with("version = 3\n"));
+        assert!(v2.contains("[plugins.'io.containerd.cri.v1.images'.pinned_images]"));
+        assert!(v2.contains("config_path = '/x/certs.d'"));
+        let v2_plain = config_for((2, 1, 9), p, p, p, &Options::default());
+        assert!(v2_plain.contains("\"io.containerd.grpc.v1.cri\""));
     }
 }
