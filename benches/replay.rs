@@ -54,6 +54,7 @@ fn main() {
         view_lease_ttl: archwatch::containerd::LEASE_TTL,
         api_socket: None,
         proc_dir: work.path().join("no-proc"),
+        unhealthy_after: std::time::Duration::from_secs(120),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -38,7 +38,7 @@ use crate::platform::Node;
 use crate::replay::Recording;
 use crate::rootfs::Rootfs;
 use crate::sinks::api::{self, ApiState};
-use crate::sinks::http::{self, Readiness};
+use crate::sinks::http::{self, Liveness, Readiness};
 use crate::sinks::journal::Journal;
 use crate::sinks::kube_events;
 use crate::sinks::metrics::{self, Metrics};
@@ -72,6 +72,9 @@ pub struct Config {
     /// The host's /proc (hostPID or a hostPath mount in a pod), to confirm emulation from
     /// `/proc/<pid>/exe`.
     pub proc_dir: PathBuf,
+    /// `/healthz` fails once containerd has been unreachable this long, so the kubelet
+    /// restarts an agent that cannot get back to it.
+    pub unhealthy_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -359,6 +362,8 @@ pub async fn run_fed(
     metrics.register(&mut registry);
     let registry = Arc::new(Mutex::new(registry));
     let ready = Readiness::default();
+    let live = Liveness::new(cfg.unhealthy_after);
+    metrics.start_at_zero();
     metrics
         .build_info
         .get_or_create(&metrics::VersionLabels {
@@ -379,9 +384,15 @@ pub async fn run_fed(
 
     let mut server = None;
     if let Some(addr) = cfg.listen {
-        let (local, handle) = http::serve(addr, registry.clone(), ready.clone(), stop.clone())
-            .await
-            .map_err(|source| AgentError::Listen { addr, source })?;
+        let (local, handle) = http::serve(
+            addr,
+            registry.clone(),
+            ready.clone(),
+            live.clone(),
+            stop.clone(),
+        )
+        .await
+        .map_err(|source| AgentError::Listen { addr, source })?;
         info!(address = %local, "Serving /metrics, /healthz and /readyz.");
         if let Some(tx) = bound {
             let _ = tx.send(local);
@@ -406,10 +417,14 @@ pub async fn run_fed(
         Feed::Containerd => tokio::spawn(watch_containerd(
             cfg.clone(),
             metrics.clone(),
+            live.clone(),
             tx,
             stop.clone(),
         )),
-        Feed::Replay(r) => tokio::spawn(replay_feed(cfg.clone(), metrics.clone(), r, tx)),
+        Feed::Replay(r) => {
+            live.connected();
+            tokio::spawn(replay_feed(cfg.clone(), metrics.clone(), r, tx))
+        }
     };
     let mut events = None;
     let mut publisher = None;
@@ -520,41 +535,66 @@ fn wanted(cfg: &Config, ns: &str) -> bool {
 }
 
 /// Connect, subscribe, list, forward; on any failure back off (capped, jittered) and redo.
+/// The backoff starts over after every session that got connected: a node whose containerd
+/// restarts now and then is reconnected within a second each time, not after the cap.
 async fn watch_containerd(
     cfg: Config,
     metrics: Metrics,
+    live: Liveness,
     tx: mpsc::Sender<Input>,
     stop: CancellationToken,
 ) {
     let mut attempt: u32 = 0;
-    let mut ever_connected = false;
+    let mut was_connected = false;
     while !stop.is_cancelled() {
-        match session(&cfg, &metrics, &tx, &stop).await {
+        let mut connected = false;
+        match session(
+            &cfg,
+            &metrics,
+            &live,
+            &tx,
+            &stop,
+            was_connected,
+            &mut connected,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(e) => {
                 metrics.containerd_connected.set(0);
+                live.disconnected();
                 let _ = tx.send(Input::Disconnected).await;
-                if ever_connected || attempt == 0 {
+                // One line per outage, not one per failed attempt.
+                if connected || attempt == 0 {
                     warn!(error = %e, address = %cfg.address.display(), "containerd connection lost; reconnecting.");
+                } else {
+                    debug!(error = %e, attempt, "containerd still unreachable.");
                 }
             }
         }
-        if metrics.containerd_connected.get() == 0 && attempt == 0 {
-            ever_connected = true;
+        if connected {
+            attempt = 0;
+            was_connected = true;
         }
-        let base = Duration::from_millis(200).saturating_mul(1u32 << attempt.min(8));
-        let capped = base.min(Duration::from_secs(30));
-        let jitter = capped.mul_f64(rand::random::<f64>() * 0.5);
+        let delay = backoff(attempt, rand::random::<f64>());
         attempt = attempt.saturating_add(1);
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(capped / 2 + jitter) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
-        metrics.containerd_reconnects.inc();
     }
 }
 
-/// One connection's life. `Ok` only when stopping.
+/// Delay before reconnect attempt `attempt` (0-based): 100 ms doubling to a 15 s cap, plus up
+/// to half of that again at random (`jitter` in 0..1), so a fleet does not reconnect in step.
+fn backoff(attempt: u32, jitter: f64) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1u32 << attempt.min(8));
+    let capped = base.min(Duration::from_secs(15));
+    capped + capped.mul_f64(jitter.clamp(0.0, 1.0) * 0.5)
+}
+
+/// One connection's life. `Ok` only when stopping; `connected` is set once the listing is
+/// done and handed to the pipeline (counted as a reconnect when `reconnecting`).
 ///
 /// containerd (grpc-go) sends the response headers of `Subscribe` with the first event, so
 /// the call cannot be awaited before listing. It is sent first, on the same connection, and
@@ -563,27 +603,28 @@ async fn watch_containerd(
 async fn session(
     cfg: &Config,
     metrics: &Metrics,
+    live: &Liveness,
     tx: &mpsc::Sender<Input>,
     stop: &CancellationToken,
+    reconnecting: bool,
+    connected: &mut bool,
 ) -> Result<(), ContainerdError> {
     let client = Client::connect(&cfg.address, Duration::from_secs(5))
         .await?
         .with_lease_ttl(cfg.view_lease_ttl);
     let sub_client = client.clone();
     let mut subscribe = tokio::spawn(async move { sub_client.subscribe().await });
-    // Let the request reach containerd before the listing requests do.
+    // Let the request reach containerd before the listing requests do. If the call is
+    // already answered (an event came at once), its stream is kept: events buffer in it
+    // while the listing runs.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    if subscribe.is_finished() {
-        // Failed at once (or an event already came): surface errors now.
-        if let Ok(Err(e)) = (&mut subscribe).await {
-            return Err(e);
-        }
-        subscribe = tokio::spawn(async move {
-            Err(ContainerdError::Missing("subscription (already consumed)"))
-        });
-    }
     let listing = list_everything(cfg, &client).await?;
     metrics.containerd_connected.set(1);
+    if reconnecting {
+        metrics.containerd_reconnects.inc();
+    }
+    live.connected();
+    *connected = true;
     info!(address = %cfg.address.display(), containers = listing.containers.len(), images = listing.images.len(), "Connected to containerd.");
     if tx
         .send(Input::Reconciled {
@@ -1551,4 +1592,19 @@ async fn inspect_off_runtime(
         })
         .inc();
     Err(failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_bounded_jitter() {
+        assert_eq!(backoff(0, 0.0), Duration::from_millis(100));
+        assert_eq!(backoff(0, 1.0), Duration::from_millis(150));
+        assert_eq!(backoff(3, 0.0), Duration::from_millis(800));
+        assert_eq!(backoff(8, 0.0), Duration::from_secs(15));
+        assert_eq!(backoff(1000, 0.0), Duration::from_secs(15));
+        assert_eq!(backoff(1000, 1.0), Duration::from_millis(22_500));
+    }
 }

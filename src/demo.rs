@@ -184,6 +184,7 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
         view_lease_ttl: crate::containerd::LEASE_TTL,
         api_socket: None,
         proc_dir: PathBuf::from("/proc"),
+        unhealthy_after: std::time::Duration::from_secs(120),
     };
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone(), Some(bound_tx)));
     let metrics_addr = bound_rx.await.ok();

@@ -144,6 +144,10 @@ struct AgentArgs {
     /// Time budget of one inspection, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     inspect_timeout_ms: u64,
+    /// /healthz fails once containerd has been unreachable for this many seconds (so the
+    /// kubelet restarts an agent that cannot get back to it).
+    #[arg(long, default_value_t = 120)]
+    unhealthy_after_secs: u64,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -487,6 +491,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
         view_lease_ttl: std::time::Duration::from_secs(a.view_lease_secs.max(1)),
         api_socket: (a.api_socket.as_os_str() != "off").then_some(a.api_socket.clone()),
         proc_dir: a.proc_dir.clone(),
+        unhealthy_after: std::time::Duration::from_secs(a.unhealthy_after_secs.max(1)),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -152,31 +152,34 @@ pub fn decode(env: &containerd_client::types::Envelope) -> Result<Envelope, Deco
 }
 
 /// Closed set of topic labels for metrics (anything else is `other`).
+/// The topics counted by name in `archwatch_containerd_events_total{topic}`; any other is
+/// `other`.
+pub const TOPICS: &[&str] = &[
+    "/images/create",
+    "/images/update",
+    "/images/delete",
+    "/containers/create",
+    "/containers/update",
+    "/containers/delete",
+    "/tasks/create",
+    "/tasks/start",
+    "/tasks/exit",
+    "/tasks/delete",
+    "/tasks/oom",
+    "/tasks/exec-added",
+    "/tasks/exec-started",
+    "/tasks/paused",
+    "/tasks/resumed",
+    "/snapshot/prepare",
+    "/snapshot/commit",
+    "/snapshot/remove",
+    "/content/delete",
+    "/namespaces/create",
+    "/namespaces/delete",
+];
+
 pub fn topic_label(topic: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "/images/create",
-        "/images/update",
-        "/images/delete",
-        "/containers/create",
-        "/containers/update",
-        "/containers/delete",
-        "/tasks/create",
-        "/tasks/start",
-        "/tasks/exit",
-        "/tasks/delete",
-        "/tasks/oom",
-        "/tasks/exec-added",
-        "/tasks/exec-started",
-        "/tasks/paused",
-        "/tasks/resumed",
-        "/snapshot/prepare",
-        "/snapshot/commit",
-        "/snapshot/remove",
-        "/content/delete",
-        "/namespaces/create",
-        "/namespaces/delete",
-    ];
-    KNOWN
+    TOPICS
         .iter()
         .copied()
         .find(|k| *k == topic)

@@ -1,9 +1,17 @@
-//! `/metrics` (OpenMetrics text), `/healthz` (the process answers) and `/readyz` (connected
-//! to containerd and the first reconcile is done).
+//! `/metrics` (OpenMetrics text), `/healthz` (the process answers and has not been cut off
+//! from containerd for longer than a bound) and `/readyz` (connected to containerd and the
+//! first reconcile is done).
+//!
+//! Why `/healthz` looks at the connection: an agent that cannot reach containerd for good
+//! (a socket path that will never answer again, a mount that kept a dead inode) must be
+//! restarted by the kubelet, or the pod sits not-ready forever and stalls the next rollout.
+//! The bound is generous (`--unhealthy-after-secs`): a containerd restart or upgrade takes
+//! seconds and the agent reconnects by itself well before it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -26,10 +34,49 @@ impl Readiness {
     }
 }
 
+/// Since when the agent has been without containerd (`None` while connected), and how long
+/// that may last before `/healthz` fails.
+#[derive(Clone)]
+pub struct Liveness {
+    since: Arc<Mutex<Option<Instant>>>,
+    bound: Duration,
+}
+
+impl Liveness {
+    /// Starts disconnected: an agent that never reaches containerd goes unhealthy too.
+    pub fn new(bound: Duration) -> Liveness {
+        Liveness {
+            since: Arc::new(Mutex::new(Some(Instant::now()))),
+            bound,
+        }
+    }
+
+    pub fn connected(&self) {
+        *self.lock() = None;
+    }
+
+    /// Marks the start of a disconnection (a later call keeps the first time).
+    pub fn disconnected(&self) {
+        self.lock().get_or_insert_with(Instant::now);
+    }
+
+    /// How long the agent has been without containerd beyond the bound, if it has.
+    pub fn overdue(&self) -> Option<Duration> {
+        let since = (*self.lock())?;
+        let gone = since.elapsed();
+        (gone > self.bound).then_some(gone)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     registry: Arc<Mutex<Registry>>,
     ready: Readiness,
+    live: Liveness,
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
@@ -46,8 +93,17 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    match s.live.overdue() {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(gone) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "unhealthy: not connected to containerd for {} s\n",
+                gone.as_secs()
+            ),
+        ),
+    }
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
@@ -66,13 +122,18 @@ pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Mutex<Registry>>,
     ready: Readiness,
+    live: Liveness,
     stop: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { registry, ready });
+        .with_state(AppState {
+            registry,
+            ready,
+            live,
+        });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let handle = tokio::spawn(async move {
@@ -84,4 +145,26 @@ pub async fn serve(
         }
     });
     Ok((bound, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_fails_only_after_the_bound_and_recovers_on_reconnect() {
+        let l = Liveness::new(Duration::from_millis(30));
+        assert_eq!(l.overdue(), None, "a fresh agent has time to connect");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(l.overdue().is_some(), "never connected within the bound");
+        l.connected();
+        assert_eq!(l.overdue(), None);
+        l.disconnected();
+        std::thread::sleep(Duration::from_millis(20));
+        l.disconnected(); // a later failure keeps the first time
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(l.overdue().is_some());
+        l.connected();
+        assert_eq!(l.overdue(), None);
+    }
 }

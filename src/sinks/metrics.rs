@@ -70,6 +70,61 @@ pub struct VersionLabels {
     pub version: String,
 }
 
+/// Every `kind` of `archwatch_inspection_errors_total`: the `kind()` codes of the errors an
+/// inspection, a containerd lookup or the journal can meet, and the agent's own.
+pub const INSPECTION_ERROR_KINDS: &[&str] = &[
+    // containerd lookups (ContainerdError)
+    "containerd_connect",
+    "containerd_rpc",
+    "containerd_missing",
+    "not_found",
+    "image_too_large",
+    "index_lacks_node_platform",
+    "spec_malformed",
+    "image_malformed",
+    "snapshotter_unsupported",
+    // reading the files (RootfsError, InspectError)
+    "layer_unreadable",
+    "io",
+    "not_regular",
+    "empty_argv",
+    "snapshot_vanished",
+    "read",
+    // the agent itself
+    "event_decode",
+    "inspection_timeout",
+    "inspection_panicked",
+    "journal_io",
+    "journal_encode",
+];
+
+/// Every `reason` of `archwatch_kube_events_total`: one per verdict that is reported, and the
+/// Node's warning for a pulled image.
+pub const KUBE_EVENT_REASONS: &[&str] = &[
+    "RunningUnderEmulation",
+    "ExecFormatError",
+    "EmulatorMissing",
+    "MissingDynamicLoader",
+    "ScriptCRLF",
+    "ScriptInterpreterMissing",
+    "ScriptNoShebang",
+    "NotExecutable",
+    "EntrypointNotFound",
+    "EntrypointSymlinkLoop",
+    "EntrypointNotRegularFile",
+    "UnknownExecutableFormat",
+    "IncompatibleImagePulled",
+];
+
+/// Every `result` of `archwatch_kube_events_total`.
+pub const KUBE_EVENT_RESULTS: &[&str] = &[
+    "created",
+    "series_updated",
+    "rate_limited",
+    "dropped",
+    "failed",
+];
+
 #[derive(Clone)]
 pub struct DurationBuckets;
 
@@ -179,6 +234,46 @@ impl Metrics {
         r.register("build_info", "archwatch version", self.build_info.clone());
     }
 
+    /// Creates, at 0, every series of the families whose label sets are closed, so that a
+    /// freshly started agent exposes them all: `increase()` then sees a first failure, and an
+    /// alert on a counter never waits for its series to exist. (`exec_failures_total` has
+    /// the open `namespace` label: its rules handle first appearances.)
+    pub fn start_at_zero(&self) {
+        for kind in INSPECTION_ERROR_KINDS {
+            drop(self.inspection_errors.get_or_create(&KindLabels {
+                kind: (*kind).into(),
+            }));
+        }
+        for reason in KUBE_EVENT_REASONS {
+            for result in KUBE_EVENT_RESULTS {
+                drop(self.kube_events.get_or_create(&KubeLabels {
+                    reason: (*reason).into(),
+                    result: (*result).into(),
+                }));
+            }
+        }
+        for topic in crate::containerd::event::TOPICS
+            .iter()
+            .chain(std::iter::once(&"other"))
+        {
+            drop(self.containerd_events.get_or_create(&TopicLabels {
+                topic: (*topic).into(),
+            }));
+        }
+        for target in ["image", "container"] {
+            drop(self.inspection_duration.get_or_create(&TargetLabels {
+                target: target.into(),
+            }));
+        }
+    }
+
+    /// Counts one inspection error by its kind (a code from [`INSPECTION_ERROR_KINDS`]).
+    pub fn inspection_error(&self, kind: &str) {
+        self.inspection_errors
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
     /// Counts one diagnosis.
     pub fn record(&self, d: &Diagnosis) {
         self.exec_failures
@@ -203,6 +298,85 @@ pub fn encode(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The closed sets are really closed: every code the error types, the verdicts and the
+    /// Events publisher can produce is in them, so no series appears later than the start.
+    #[test]
+    fn closed_label_sets_hold_every_code_the_agent_emits() {
+        use crate::containerd::ContainerdError;
+        use crate::inspect::{InspectError, Verdict};
+        use crate::rootfs::RootfsError;
+        let io = || std::io::Error::from(std::io::ErrorKind::Other);
+        let kinds = [
+            ContainerdError::Missing("x").kind(),
+            ContainerdError::Spec("x".into()).kind(),
+            RootfsError::Layer {
+                path: "/".into(),
+                source: io(),
+            }
+            .kind(),
+            RootfsError::Io {
+                path: "/".into(),
+                layer: 0,
+                source: io(),
+            }
+            .kind(),
+            RootfsError::NotRegular { path: "/".into() }.kind(),
+            InspectError::EmptyArgv.kind(),
+            InspectError::Vanished { layer: "x".into() }.kind(),
+            InspectError::Read {
+                path: "/".into(),
+                source: io(),
+            }
+            .kind(),
+            crate::sinks::journal::JournalError::Io {
+                path: "/".into(),
+                source: io(),
+            }
+            .kind(),
+            crate::containerd::mounts::MountError::Unsupported("x".into()).kind(),
+        ];
+        for k in kinds {
+            assert!(INSPECTION_ERROR_KINDS.contains(&k), "{k}");
+        }
+        for v in Verdict::ALL {
+            if v != Verdict::Ok {
+                assert!(KUBE_EVENT_REASONS.contains(&v.event_reason()), "{v}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_fresh_agent_exports_closed_families_at_zero() {
+        let m = Metrics::default();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        m.start_at_zero();
+        let text = encode(&r);
+        for kind in INSPECTION_ERROR_KINDS {
+            assert!(
+                text.contains(&format!(
+                    "archwatch_inspection_errors_total{{kind=\"{kind}\"}} 0\n"
+                )),
+                "{kind}"
+            );
+        }
+        assert!(text.contains(
+            "archwatch_kube_events_total{reason=\"ExecFormatError\",result=\"dropped\"} 0\n"
+        ));
+        assert!(text.contains("archwatch_containerd_events_total{topic=\"/tasks/exit\"} 0\n"));
+        assert!(text.contains("archwatch_containerd_events_total{topic=\"other\"} 0\n"));
+        assert!(
+            text.contains("archwatch_inspection_duration_seconds_count{target=\"container\"} 0\n")
+        );
+        let series = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(
+            series("archwatch_kube_events_total{"),
+            KUBE_EVENT_REASONS.len() * KUBE_EVENT_RESULTS.len()
+        );
+        // The open family is not invented.
+        assert_eq!(series("archwatch_exec_failures_total"), 0);
+    }
 
     /// The exposition is the contract for alert rules and dashboards: one sample of every
     /// family, exactly.
