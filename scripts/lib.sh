@@ -65,3 +65,18 @@ private_download() {
   mkdir -p "$dest"
   (cd "$dest" && apt-get "${PRIVATE_APT[@]}" download -qq "$@")
 }
+
+# Re-runs the calling script as root: as it is when already root (machines without sudo),
+# through sudo otherwise, keeping the caller's Rust toolchain (rustup and cargo live in the
+# caller's home). Call as: as_root "$0" "$@"
+as_root() {
+  [[ "$(id -u)" == 0 ]] && return 0
+  if ! command -v sudo >/dev/null 2>&1; then
+    echo "$(basename "$1"): needs root (it starts containerd and mounts binfmt_misc), and sudo is not installed: run it as root." >&2
+    exit 1
+  fi
+  exec sudo env "PATH=$PATH" "HOME=$HOME" \
+    "RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}" "CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}" \
+    ${ARCHWATCH_FIXTURES:+"ARCHWATCH_FIXTURES=$ARCHWATCH_FIXTURES"} \
+    ${CI:+"CI=$CI"} "$@"
+}

@@ -37,9 +37,15 @@ impl Containerd {
     }
     /// containerd's root directory (snapshots live under it).
     pub fn root(&self) -> std::path::PathBuf {
-        self.inner.dir().join("root")
+        self.inner.root()
     }
     pub fn restart(&mut self) {
         self.inner.restart().expect("containerd restart")
+    }
+    /// SIGTERM, as `systemctl restart containerd` does, then start again.
+    pub fn restart_graceful(&mut self) {
+        self.inner
+            .restart_graceful()
+            .expect("containerd graceful restart")
     }
 }

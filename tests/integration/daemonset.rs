@@ -1,0 +1,269 @@
+//! The agent as the shipped DaemonSet runs it (support::pod): the manifest's capabilities,
+//! no_new_privs, read-only root and hostPath mounts, against a real containerd that restarts
+//! under it. A change to `manifests/` that takes away what the agent needs fails here.
+
+use std::time::{Duration, Instant};
+
+use archwatch::oci::{ImageSpec, Item, Layer, Layout};
+
+use crate::support::{
+    self,
+    containerd::Containerd,
+    pod::{self, ContainerSpec, Mount, NodePaths, PodAgent},
+};
+
+const NS: &str = "k8s.io";
+
+fn import(ctd: &mut Containerd, dir: &std::path::Path, tag: &str, spec: &ImageSpec) {
+    let mut l = Layout::new();
+    let m = l.add_image(spec).unwrap();
+    l.tag(tag, &m);
+    let p = dir.join(format!("{}.tar", support::unique("img")));
+    l.write_archive(&p).unwrap();
+    ctd.import(NS, &p);
+}
+
+fn labels(pod: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("io.kubernetes.pod.name", pod),
+        ("io.kubernetes.pod.namespace", "shop"),
+        (
+            "io.kubernetes.pod.uid",
+            "3f1c2a9e-0000-4000-8000-00000000d5e7",
+        ),
+        ("io.kubernetes.container.name", "app"),
+    ]
+}
+
+fn node(ctd: &Containerd, scratch: &std::path::Path) -> NodePaths {
+    let run_dir = ctd.socket.parent().expect("socket dir").to_path_buf();
+    NodePaths::lab(&run_dir, &ctd.root(), scratch)
+}
+
+fn failure(a: &PodAgent, pod: &str) -> Option<serde_json::Value> {
+    a.lines()
+        .into_iter()
+        .find(|l| l["kind"] == "exec_failure" && l["pod"] == pod)
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// Runs an arm64 image as pod `pod` and waits for the agent's diagnosis.
+fn wrong_arch_is_diagnosed(
+    ctd: &mut Containerd,
+    agent: &mut PodAgent,
+    dir: &std::path::Path,
+    pod: &str,
+) {
+    let tag = format!("archwatch.test/{pod}:v1");
+    import(
+        ctd,
+        dir,
+        &tag,
+        &ImageSpec::new(
+            "arm64",
+            &["/app"],
+            vec![Layer(vec![Item::file(
+                "/app",
+                support::busybox("arm64"),
+                0o755,
+            )])],
+        ),
+    );
+    let out = ctd.run(
+        NS,
+        &tag,
+        &support::unique(pod),
+        &labels(pod),
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.output.contains("exec format error"),
+        "the runtime's own words: {}",
+        out.output
+    );
+    agent.wait_for(
+        &format!("the diagnosis of {pod}"),
+        Duration::from_secs(20),
+        |a| failure(a, pod).is_some(),
+    );
+    let d = failure(agent, pod).unwrap();
+    assert_eq!(d["verdict"], "arch_mismatch");
+    assert_eq!(d["binary_arch"], "arm64");
+    assert_eq!(d["pod_namespace"], "shop");
+}
+
+#[test]
+fn the_agent_runs_with_exactly_the_daemonsets_privileges_and_diagnoses() {
+    let _binfmt = support::binfmt_shared();
+    let mut ctd = Containerd::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let spec = ContainerSpec::from_daemonset(&pod::shipped_daemonset());
+    let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
+    agent.wait_ready();
+
+    // What the kernel says the process has is what the manifest grants, nothing more.
+    let eff = pod::decode_caps(&agent.status_field("CapEff").unwrap());
+    let bnd = pod::decode_caps(&agent.status_field("CapBnd").unwrap());
+    assert_eq!(sorted(eff), sorted(spec.caps.clone()));
+    assert_eq!(sorted(bnd), sorted(spec.caps.clone()));
+    assert_eq!(
+        agent.status_field("NoNewPrivs").as_deref(),
+        Some(if spec.no_new_privs { "1" } else { "0" })
+    );
+    let mountinfo =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", agent.pid().unwrap())).unwrap();
+    let root_opts = mountinfo
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&"/"))
+        .map(|f| f[5].to_string())
+        .expect("the agent's root in its mountinfo");
+    assert_eq!(
+        root_opts.split(',').any(|o| o == "ro"),
+        spec.read_only_root,
+        "root mount options {root_opts}"
+    );
+
+    wrong_arch_is_diagnosed(&mut ctd, &mut agent, scratch.path(), "confined");
+    assert_eq!(agent.stop(), Some(0), "SIGTERM drains and exits 0");
+}
+
+/// An upper layer that replaces /app with an opaque directory hides the lower layer's
+/// /app/server: the kernel (and runc) say "no such file or directory". Read with the
+/// DaemonSet's privileges, the agent must see the same merged tree.
+#[test]
+fn opaque_directories_are_judged_as_the_kernel_merges_them_under_the_daemonsets_privileges() {
+    let _binfmt = support::binfmt_shared();
+    let mut ctd = Containerd::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let spec = ContainerSpec::from_daemonset(&pod::shipped_daemonset());
+    let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
+    agent.wait_ready();
+
+    // Lower /app/server is runnable (amd64) or not (arm64); either way the opaque upper /app
+    // hides it.
+    for (pod, lower_arch) in [
+        ("opaque-hides-native", "amd64"),
+        ("opaque-hides-foreign", "arm64"),
+    ] {
+        let tag = format!("archwatch.test/{pod}:v1");
+        import(
+            &mut ctd,
+            scratch.path(),
+            &tag,
+            &ImageSpec::new(
+                "amd64",
+                &["/app/server"],
+                vec![
+                    Layer(vec![
+                        Item::file("/bin/busybox", support::busybox("amd64"), 0o755),
+                        Item::file("/app/server", support::busybox(lower_arch), 0o755),
+                    ]),
+                    Layer(vec![
+                        Item::dir("/app"),
+                        Item::Opaque { dir: "/app".into() },
+                        Item::file("/app/README", b"replaced\n".to_vec(), 0o644),
+                    ]),
+                ],
+            ),
+        );
+        let out = ctd.run(
+            NS,
+            &tag,
+            &support::unique(pod),
+            &labels(pod),
+            Duration::from_secs(20),
+        );
+        assert!(
+            out.output.contains("no such file or directory"),
+            "runc's verdict on {pod}: {}",
+            out.output
+        );
+        agent.wait_for(
+            &format!("the diagnosis of {pod}"),
+            Duration::from_secs(20),
+            |a| failure(a, pod).is_some(),
+        );
+        let d = failure(&agent, pod).unwrap();
+        assert_eq!(d["verdict"], "not_found", "{pod}: {d}");
+    }
+}
+
+/// containerd removes and re-creates its socket on every start. Through the socket's
+/// directory (as the DaemonSet mounts it) the agent reaches the new one by itself, after a
+/// graceful restart and after a crash, and goes on diagnosing.
+#[test]
+fn containerd_restarts_are_followed_through_the_socket_directory() {
+    let _binfmt = support::binfmt_shared();
+    let mut ctd = Containerd::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let spec = ContainerSpec::from_daemonset(&pod::shipped_daemonset());
+    let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
+    agent.wait_ready();
+    let inode = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).map(|m| m.ino()).unwrap_or(0)
+    };
+    for (round, graceful) in [(1, true), (2, false)] {
+        let before = inode(&ctd.socket);
+        if graceful {
+            ctd.restart_graceful();
+        } else {
+            ctd.restart();
+        }
+        assert_ne!(before, inode(&ctd.socket), "a new socket, as on a node");
+        agent.wait_for("reconnected", Duration::from_secs(30), |a| {
+            a.metric("archwatch_containerd_reconnects_total", &[]) >= round as f64
+                && a.metric("archwatch_containerd_connected", &[]) == 1.0
+        });
+        wrong_arch_is_diagnosed(
+            &mut ctd,
+            &mut agent,
+            scratch.path(),
+            &format!("after-restart-{round}"),
+        );
+        assert_eq!(agent.get("/healthz").map(|r| r.0), Some(200));
+    }
+}
+
+/// The same restart with the socket FILE bind-mounted (what the DaemonSet once did): the
+/// mount keeps the dead inode, the agent can never reconnect, and `/healthz` fails after
+/// the bound so that the kubelet restarts the pod.
+#[test]
+fn a_bind_mounted_socket_file_strands_the_agent_and_healthz_says_so() {
+    let _binfmt = support::binfmt_shared();
+    let mut ctd = Containerd::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut spec = ContainerSpec::from_daemonset(&pod::shipped_daemonset());
+    let address = spec.arg("address").expect("--address in the manifest");
+    spec.mounts.retain(|m| !address.starts_with(&m.mount_path));
+    spec.mounts.push(Mount {
+        host_path: address.clone(),
+        host_type: Some("Socket".into()),
+        mount_path: address.clone(),
+        read_only: false,
+        propagation: "None".into(),
+    });
+    let mut agent = PodAgent::start(
+        &spec,
+        &node(&ctd, scratch.path()),
+        &["--unhealthy-after-secs=2"],
+    );
+    agent.wait_ready();
+    assert_eq!(agent.get("/healthz").map(|r| r.0), Some(200));
+    let t0 = Instant::now();
+    ctd.restart_graceful();
+    agent.wait_for("/healthz to fail", Duration::from_secs(20), |a| {
+        a.get("/healthz").map(|r| r.0) == Some(503)
+    });
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "not before the bound"
+    );
+    assert_eq!(agent.metric("archwatch_containerd_connected", &[]), 0.0);
+    assert_eq!(agent.get("/readyz").map(|r| r.0), Some(503));
+}
