@@ -518,7 +518,7 @@ impl PodAgent {
     }
 
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        super::agent::metric_value(&self.metrics(), name, labels)
+        metric_value(&self.metrics(), name, labels)
     }
 
     pub fn log_text(&self) -> String {
@@ -608,4 +608,20 @@ pub fn decode_caps(hex: &str) -> Vec<String> {
         Some((_, list)) if !list.is_empty() => list.split(',').map(str::to_string).collect(),
         _ => Vec::new(),
     }
+}
+
+/// Sum of a metric family's samples whose labels contain every `k="v"` in `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
