@@ -267,3 +267,31 @@ fn a_bind_mounted_socket_file_strands_the_agent_and_healthz_says_so() {
     assert_eq!(agent.metric("archwatch_containerd_connected", &[]), 0.0);
     assert_eq!(agent.get("/readyz").map(|r| r.0), Some(503));
 }
+
+/// The release matrix is real: the lab's containerd server reports the version of the
+/// release `ARCHWATCH_CONTAINERD_DIR` names (Debian's 1.6 when unset).
+#[test]
+fn the_lab_runs_the_containerd_release_the_matrix_names() {
+    let ctd = Containerd::start();
+    let want = archwatch::lab::Binaries::from_env().unwrap();
+    let out = ctd.ctr_ns("default", &["version"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let server = text
+        .split("Server:")
+        .nth(1)
+        .and_then(|s| s.lines().find_map(|l| l.trim().strip_prefix("Version:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no server version in {text}"));
+    let (a, b, c) = want.version;
+    assert!(
+        server
+            .trim_start_matches('v')
+            .starts_with(&format!("{a}.{b}.{c}")),
+        "server {server}, release {}",
+        want.version_string()
+    );
+    if std::env::var_os("ARCHWATCH_CONTAINERD_DIR").is_some() {
+        assert!(want.dir.is_some());
+    }
+    eprintln!("containerd server {server}");
+}
