@@ -10,7 +10,10 @@
 //!   and one for the whole node keep a CrashLoopBackOff fleet from flooding the API server;
 //!   a repeat that finds no token is still counted and its count rides on the next write;
 //! - 429 (honouring Retry-After), 5xx and connection errors are retried with capped
-//!   exponential backoff; 4xx other than 409/429 are not;
+//!   exponential backoff; a 404 on a series update (the API server expired the Event after
+//!   its `--event-ttl`) creates it anew with its count; a 409 on create (an Event written
+//!   before a restart) reads it and extends its series; a 403 (RBAC) is logged once and
+//!   retried after a growing pause; other 4xx are not retried;
 //! - every outcome is counted in `archwatch_kube_events_total{reason,result}`.
 
 use std::collections::{HashMap, VecDeque};
@@ -304,6 +307,9 @@ pub struct Limits {
     pub node_refill: Duration,
     pub max_attempts: u32,
     pub backoff: Duration,
+    /// First pause after a 403 (RBAC); doubles up to `forbidden_max`.
+    pub forbidden_backoff: Duration,
+    pub forbidden_max: Duration,
 }
 
 impl Default for Limits {
@@ -315,6 +321,8 @@ impl Default for Limits {
             node_refill: Duration::from_secs(1),
             max_attempts: 5,
             backoff: Duration::from_millis(200),
+            forbidden_backoff: Duration::from_secs(30),
+            forbidden_max: Duration::from_secs(600),
         }
     }
 }
@@ -324,14 +332,48 @@ struct Series {
     count: i32,
 }
 
+/// Why a write did not take: the API server's status codes, mapped once at this boundary.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// 409: an Event of that name exists (written before a restart of the agent).
+    #[error("the Event already exists")]
+    Conflict,
+    /// 404: the Event is gone (the API server deletes Events after its --event-ttl, 1 h).
+    #[error("the Event no longer exists")]
+    NotFound,
+    /// 403: RBAC does not let the agent write Events.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Any other refusal (422 and the like): not retried.
+    #[error("rejected with {code}: {message}")]
+    Rejected { code: u16, message: String },
+    #[error("gave up after {0} attempts (API server unreachable, overloaded or failing)")]
+    GaveUp(u32),
+    #[error("stopping")]
+    Stopping,
+}
+
 enum Outcome {
     Ok,
-    Conflict,
+    Done(WriteError),
     Retry(Option<Duration>),
-    Fail(String),
+}
+
+/// What happened to one occurrence.
+enum Published {
+    /// Counted under this `result` of `archwatch_kube_events_total`.
+    Counted(&'static str),
+    /// 403: keep the occurrence and try again after a long pause.
+    Forbidden(String),
 }
 
 /// Drains the queue until `stop`.
+///
+/// Over days: an Event the API server has expired (404 on a series update) is created
+/// anew carrying its count, as client-go's recorder does; an Event found existing on create
+/// (409, written before an agent restart) is read and its series extended, not reset; a 403
+/// is logged once, counted, and retried after a pause that grows to
+/// [`Limits::forbidden_max`], while the bounded queue keeps the newest occurrences.
 pub async fn publish(
     client: kube::Client,
     handle: EventsHandle,
@@ -339,11 +381,20 @@ pub async fn publish(
     limits: Limits,
     stop: CancellationToken,
 ) {
-    let mut series: HashMap<String, Series> = HashMap::new();
-    let mut buckets: HashMap<String, Bucket> = HashMap::new();
-    let mut node_bucket = Bucket::new(limits.node_burst, limits.node_refill);
+    let mut p = Publisher {
+        client,
+        node,
+        limits,
+        series: HashMap::new(),
+        buckets: HashMap::new(),
+        node_bucket: Bucket::new(limits.node_burst, limits.node_refill),
+        stop: stop.clone(),
+    };
+    let mut held: Option<EventSpec> = None;
+    let mut forbidden_pause = limits.forbidden_backoff;
+    let mut forbidden_since: Option<Instant> = None;
     loop {
-        let spec = match handle.pop() {
+        let spec = match held.take().or_else(|| handle.pop()) {
             Some(s) => s,
             None => {
                 tokio::select! {
@@ -352,109 +403,227 @@ pub async fn publish(
                 }
             }
         };
-        let now = Instant::now();
-        let key = spec.series_key();
-        if buckets.len() >= MAX_BUCKETS {
-            buckets.retain(|_, b| !b.is_full(now));
-        }
-        let object = buckets
-            .entry(spec.object_key())
-            .or_insert_with(|| Bucket::new(limits.object_burst, limits.object_refill));
-        // A series update leaves a quarter of the node's burst to first occurrences: under
-        // a flood, every failing pod gets its Event before any pod gets a repeat counted.
-        let keep = if series.contains_key(&key) {
-            f64::from(limits.node_burst) / 4.0
-        } else {
-            0.0
-        };
-        let allowed = Bucket::take_both(object, &mut node_bucket, keep, now);
-        if let Some(s) = series.get_mut(&key) {
-            s.count += 1;
-            if !allowed {
-                count(&handle.metrics, spec.reason, "rate_limited");
-                continue;
-            }
-            let body = serde_json::json!({"series": EventSeries { count: s.count, last_observed_time: micro(spec.time) }});
-            let name = s.name.clone();
-            match write(&client, &spec, &limits, &stop, |api| {
-                let body = body.clone();
-                let name = name.clone();
-                async move {
-                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&body))
-                        .await
-                        .map(|_| ())
-                }
-            })
-            .await
-            {
-                Ok(()) => count(&handle.metrics, spec.reason, "series_updated"),
-                Err(why) => {
-                    debug!(reason = spec.reason, error = %why, "Event series update failed.");
-                    count(&handle.metrics, spec.reason, "failed");
-                }
-            }
-            continue;
-        }
-        if !allowed {
-            count(&handle.metrics, spec.reason, "rate_limited");
-            continue;
-        }
-        let ev = event_object(&spec, &node);
-        let name = spec.name();
-        let created = write(&client, &spec, &limits, &stop, |api| {
-            let ev = ev.clone();
-            async move { api.create(&PostParams::default(), &ev).await.map(|_| ()) }
-        })
-        .await;
-        match created {
-            Ok(()) => {
-                count(&handle.metrics, spec.reason, "created");
-                series.insert(key, Series { name, count: 1 });
-            }
-            Err(why) if why == "conflict" => {
-                // It exists (e.g. from before a restart): this occurrence extends its series.
-                let body = serde_json::json!({"series": EventSeries { count: 2, last_observed_time: micro(spec.time) }});
-                let n2 = name.clone();
-                let r = write(&client, &spec, &limits, &stop, |api| {
-                    let body = body.clone();
-                    let n2 = n2.clone();
-                    async move {
-                        api.patch(&n2, &PatchParams::default(), &Patch::Merge(&body))
-                            .await
-                            .map(|_| ())
+        match p.one(&spec).await {
+            Published::Counted(result) => {
+                count(&handle.metrics, spec.reason, result);
+                if result != "failed" {
+                    if let Some(since) = forbidden_since.take() {
+                        tracing::info!(
+                            after_secs = since.elapsed().as_secs(),
+                            "Kubernetes Events are accepted again."
+                        );
+                        forbidden_pause = limits.forbidden_backoff;
                     }
-                })
-                .await;
-                count(
-                    &handle.metrics,
-                    spec.reason,
-                    if r.is_ok() {
-                        "series_updated"
-                    } else {
-                        "failed"
-                    },
-                );
-                series.insert(key, Series { name, count: 2 });
+                }
             }
-            Err(why) => {
-                warn!(reason = spec.reason, error = %why, "Kubernetes Event could not be created.");
+            Published::Forbidden(why) => {
                 count(&handle.metrics, spec.reason, "failed");
+                if forbidden_since.is_none() {
+                    warn!(error = %why, retry_secs = forbidden_pause.as_secs(), "Kubernetes Events are forbidden: the agent's ServiceAccount may not create or patch events.k8s.io Events (check the ClusterRole and its binding). Diagnoses still go to the journal and metrics; Events are retried with a growing pause.");
+                    forbidden_since = Some(Instant::now());
+                } else {
+                    debug!(error = %why, "Kubernetes Events still forbidden.");
+                }
+                held = Some(spec);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(forbidden_pause) => {}
+                }
+                forbidden_pause = (forbidden_pause * 2).min(limits.forbidden_max);
             }
-        }
-        if series.len() > 50_000 {
-            series.clear();
         }
     }
 }
 
-/// One API write with retries. `Err("conflict")` for 409.
+/// The publisher's state: series by key, rate limit buckets.
+struct Publisher {
+    client: kube::Client,
+    node: String,
+    limits: Limits,
+    series: HashMap<String, Series>,
+    buckets: HashMap<String, Bucket>,
+    node_bucket: Bucket,
+    stop: CancellationToken,
+}
+
+impl Publisher {
+    async fn one(&mut self, spec: &EventSpec) -> Published {
+        let now = Instant::now();
+        let key = spec.series_key();
+        if self.buckets.len() >= MAX_BUCKETS {
+            self.buckets.retain(|_, b| !b.is_full(now));
+        }
+        let limits = self.limits;
+        let object = self
+            .buckets
+            .entry(spec.object_key())
+            .or_insert_with(|| Bucket::new(limits.object_burst, limits.object_refill));
+        // A series update leaves a quarter of the node's burst to first occurrences: under
+        // a flood, every failing pod gets its Event before any pod gets a repeat counted.
+        let keep = if self.series.contains_key(&key) {
+            f64::from(limits.node_burst) / 4.0
+        } else {
+            0.0
+        };
+        let allowed = Bucket::take_both(object, &mut self.node_bucket, keep, now);
+        if let Some(s) = self.series.get_mut(&key) {
+            s.count += 1;
+            if !allowed {
+                return Published::Counted("rate_limited");
+            }
+            let (name, n) = (s.name.clone(), s.count);
+            return match self.patch_series(spec, &name, n).await {
+                Ok(()) => Published::Counted("series_updated"),
+                // Expired: created anew, carrying the series.
+                Err(WriteError::NotFound) => match self.create(spec, Some(n)).await {
+                    Ok(()) => Published::Counted("created"),
+                    Err(e) => self.refused(spec, &key, e).await,
+                },
+                Err(e) => self.refused(spec, &key, e).await,
+            };
+        }
+        if !allowed {
+            return Published::Counted("rate_limited");
+        }
+        match self.create(spec, None).await {
+            Ok(()) => {
+                self.remember(key, spec.name(), 1);
+                Published::Counted("created")
+            }
+            Err(e) => self.refused(spec, &key, e).await,
+        }
+    }
+
+    /// A write that did not take: a conflict extends the existing Event's series; the rest
+    /// are counted as failed (a 403 is held for a later retry).
+    async fn refused(&mut self, spec: &EventSpec, key: &str, e: WriteError) -> Published {
+        match e {
+            WriteError::Conflict => {
+                let name = spec.name();
+                // It exists (from before a restart): read its count and extend it.
+                let existing = match self.read_count(spec, &name).await {
+                    Ok(c) => c,
+                    Err(WriteError::Forbidden(why)) => return Published::Forbidden(why),
+                    Err(e) => {
+                        debug!(reason = spec.reason, error = %e, "Existing Event unreadable.");
+                        return Published::Counted("failed");
+                    }
+                };
+                let n = existing.max(1) + 1;
+                match self.patch_series(spec, &name, n).await {
+                    Ok(()) => {
+                        self.remember(key.to_string(), name, n);
+                        Published::Counted("series_updated")
+                    }
+                    Err(WriteError::Forbidden(why)) => Published::Forbidden(why),
+                    Err(e) => {
+                        debug!(reason = spec.reason, error = %e, "Event series update failed.");
+                        Published::Counted("failed")
+                    }
+                }
+            }
+            WriteError::Forbidden(why) => Published::Forbidden(why),
+            WriteError::Stopping => Published::Counted("dropped"),
+            e => {
+                warn!(reason = spec.reason, error = %e, "Kubernetes Event could not be written.");
+                Published::Counted("failed")
+            }
+        }
+    }
+
+    fn remember(&mut self, key: String, name: String, count: i32) {
+        if self.series.len() > 50_000 {
+            self.series.clear();
+        }
+        self.series.insert(key, Series { name, count });
+    }
+
+    /// POST the Event; with `series`, an Event that had occurrences before (recreated after
+    /// its expiry) carries its count.
+    async fn create(&self, spec: &EventSpec, series: Option<i32>) -> Result<(), WriteError> {
+        let mut ev = event_object(spec, &self.node);
+        if let Some(count) = series.filter(|c| *c >= 2) {
+            ev.series = Some(EventSeries {
+                count,
+                last_observed_time: micro(spec.time),
+            });
+        }
+        write(&self.client, spec, &self.limits, &self.stop, |api| {
+            let ev = ev.clone();
+            async move { api.create(&PostParams::default(), &ev).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    async fn patch_series(
+        &self,
+        spec: &EventSpec,
+        name: &str,
+        count: i32,
+    ) -> Result<(), WriteError> {
+        let body = serde_json::json!({"series": EventSeries { count, last_observed_time: micro(spec.time) }});
+        write(&self.client, spec, &self.limits, &self.stop, |api| {
+            let body = body.clone();
+            let name = name.to_string();
+            async move {
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await
+    }
+
+    /// The series count of an existing Event (1 when it has no series yet).
+    async fn read_count(&self, spec: &EventSpec, name: &str) -> Result<i32, WriteError> {
+        let api: kube::Api<Event> = kube::Api::namespaced(self.client.clone(), &spec.namespace);
+        match api.get(name).await {
+            Ok(ev) => Ok(ev.series.map(|s| s.count).unwrap_or(1)),
+            Err(e) => Err(match classify(e) {
+                Outcome::Done(w) => w,
+                Outcome::Retry(_) => WriteError::GaveUp(1),
+                Outcome::Ok => WriteError::GaveUp(0),
+            }),
+        }
+    }
+}
+
+/// Maps a client error to what the publisher does with it.
+fn classify(e: kube::Error) -> Outcome {
+    match e {
+        kube::Error::Api(s) => match s.code {
+            409 => Outcome::Done(WriteError::Conflict),
+            404 => Outcome::Done(WriteError::NotFound),
+            403 => Outcome::Done(WriteError::Forbidden(s.message)),
+            // The API server puts Retry-After into the Status body too (details.retryAfterSeconds).
+            429 => Outcome::Retry(
+                s.details
+                    .as_ref()
+                    .map(|d| d.retry_after_seconds)
+                    .filter(|s| *s > 0)
+                    .map(|s| Duration::from_secs(u64::from(s))),
+            ),
+            c if c >= 500 => Outcome::Retry(None),
+            code => Outcome::Done(WriteError::Rejected {
+                code,
+                message: s.message,
+            }),
+        },
+        e => {
+            debug!(error = %e, "Kubernetes API unreachable.");
+            Outcome::Retry(None)
+        }
+    }
+}
+
+/// One API write with retries of what may pass later (429, 5xx, connection errors).
 async fn write<F, Fut>(
     client: &kube::Client,
     spec: &EventSpec,
     limits: &Limits,
     stop: &CancellationToken,
     op: F,
-) -> Result<(), String>
+) -> Result<(), WriteError>
 where
     F: Fn(kube::Api<Event>) -> Fut,
     Fut: std::future::Future<Output = Result<(), kube::Error>>,
@@ -464,40 +633,25 @@ where
     for attempt in 1..=limits.max_attempts {
         let outcome = match op(api.clone()).await {
             Ok(()) => Outcome::Ok,
-            Err(kube::Error::Api(s)) if s.code == 409 => Outcome::Conflict,
-            // The API server puts Retry-After into the Status body too (details.retryAfterSeconds).
-            Err(kube::Error::Api(s)) if s.code == 429 => Outcome::Retry(
-                s.details
-                    .as_ref()
-                    .map(|d| d.retry_after_seconds)
-                    .filter(|s| *s > 0)
-                    .map(|s| Duration::from_secs(u64::from(s))),
-            ),
-            Err(kube::Error::Api(s)) if s.code >= 500 => Outcome::Retry(None),
-            Err(kube::Error::Api(s)) => Outcome::Fail(format!("{} {}", s.code, s.message)),
-            Err(e) => {
-                debug!(error = %e, attempt, "Kubernetes API unreachable.");
-                Outcome::Retry(None)
-            }
+            Err(e) => classify(e),
         };
         match outcome {
             Outcome::Ok => return Ok(()),
-            Outcome::Conflict => return Err("conflict".into()),
-            Outcome::Fail(why) => return Err(why),
+            Outcome::Done(e) => return Err(e),
             Outcome::Retry(after) => {
                 if attempt == limits.max_attempts {
                     break;
                 }
                 let wait = after.unwrap_or(delay).min(Duration::from_secs(30));
                 tokio::select! {
-                    _ = stop.cancelled() => return Err("stopping".into()),
+                    _ = stop.cancelled() => return Err(WriteError::Stopping),
                     _ = tokio::time::sleep(wait) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }
-    Err(format!("gave up after {} attempts", limits.max_attempts))
+    Err(WriteError::GaveUp(limits.max_attempts))
 }
 
 /// Connects per `--kube`: `off` never; `auto` the given kubeconfig, else in-cluster or

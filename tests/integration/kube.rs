@@ -221,7 +221,7 @@ fn retries_honour_retry_after_and_errors_are_classified() {
         Duration::from_millis(100),
     );
     let methods: Vec<String> = api.requests().iter().map(|r| r.method.clone()).collect();
-    assert_eq!(methods, vec!["POST", "PATCH"]);
+    assert_eq!(methods, vec!["POST", "GET", "PATCH"], "read, then extended");
     assert_eq!(counter(&m, "series_updated"), 1);
 
     // 422: invalid — not retried.
@@ -327,4 +327,158 @@ fn a_node_wide_cap_bounds_a_crashlooping_fleet() {
         "events: push -> POST, a burst of 100 pods: median {:.2} ms, worst {:.2} ms",
         delays[50], delays[99]
     );
+}
+
+fn fast() -> Limits {
+    Limits {
+        object_refill: Duration::from_millis(1),
+        node_refill: Duration::from_millis(1),
+        backoff: Duration::from_millis(20),
+        forbidden_backoff: Duration::from_millis(300),
+        forbidden_max: Duration::from_millis(600),
+        ..Limits::default()
+    }
+}
+
+/// Pushes `n` occurrences of pod `pod`, `gap` apart, through one publisher, and waits for
+/// each to be written (a 403 pause holds it longer).
+fn occurrences(
+    url: &str,
+    limits: Limits,
+    pods: &[(&str, usize, Duration)],
+    settled: &dyn Fn() -> bool,
+) -> Metrics {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = Metrics::default();
+    let handle = EventsHandle::new(64, metrics.clone());
+    let stop = CancellationToken::new();
+    rt.block_on(async {
+        let task = tokio::spawn(kube_events::publish(
+            client(url),
+            handle.clone(),
+            "node-1".into(),
+            limits,
+            stop.clone(),
+        ));
+        for (pod, n, gap) in pods {
+            for i in 0..*n {
+                if i > 0 {
+                    tokio::time::sleep(*gap).await;
+                }
+                handle.push(kube_events::for_diagnosis(&diagnosis(pod)).unwrap());
+                while !handle.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !settled() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.cancel();
+        let _ = task.await;
+    });
+    metrics
+}
+
+fn live_series(api: &FakeApi, pod: &str) -> Option<i64> {
+    let store = api.store.as_ref().unwrap();
+    let events = store.lock().unwrap().events();
+    let ev = events.into_iter().find(|e| e["regarding"]["name"] == pod)?;
+    Some(ev["series"]["count"].as_i64().unwrap_or(1))
+}
+
+/// kube-apiserver deletes an Event `--event-ttl` after its last write (1 h by default). A
+/// CrashLoopBackOff that outlives it still has its Event: the series update that gets 404
+/// creates the Event anew with the count so far, as client-go's recorder does. Time is
+/// scaled: a 300 ms TTL, failures 400 ms apart.
+#[test]
+fn events_outlive_the_api_servers_event_ttl() {
+    let (api, url) = FakeApi::start_stateful(Duration::from_millis(300));
+    let m = occurrences(
+        &url,
+        fast(),
+        &[("loop", 4, Duration::from_millis(400))],
+        &|| true,
+    );
+    let methods: Vec<String> = api.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(
+        methods,
+        vec!["POST", "PATCH", "POST", "PATCH", "POST", "PATCH", "POST"],
+        "every update after expiry is a 404, then a create"
+    );
+    assert_eq!(
+        live_series(&api, "loop"),
+        Some(4),
+        "the count survives expiry"
+    );
+    assert_eq!(counter(&m, "created"), 4);
+    assert_eq!(counter(&m, "failed"), 0);
+    // Within the TTL, updates stay updates.
+    let (api, url) = FakeApi::start_stateful(Duration::from_secs(60));
+    let m = occurrences(
+        &url,
+        fast(),
+        &[("steady", 5, Duration::from_millis(10))],
+        &|| true,
+    );
+    assert_eq!(live_series(&api, "steady"), Some(5));
+    assert_eq!(counter(&m, "created"), 1);
+    assert_eq!(counter(&m, "series_updated"), 4);
+}
+
+/// An Event written before the agent restarted is found on create (409): it is read and its
+/// series extended, never reset to 2.
+#[test]
+fn an_event_from_before_a_restart_is_extended_not_reset() {
+    let (api, url) = FakeApi::start_stateful(Duration::from_secs(60));
+    occurrences(
+        &url,
+        fast(),
+        &[("again", 5, Duration::from_millis(5))],
+        &|| true,
+    );
+    assert_eq!(live_series(&api, "again"), Some(5));
+    // A new agent process: no memory of the series.
+    let m = occurrences(
+        &url,
+        fast(),
+        &[("again", 2, Duration::from_millis(5))],
+        &|| true,
+    );
+    assert_eq!(live_series(&api, "again"), Some(7));
+    assert_eq!(counter(&m, "series_updated"), 2);
+    assert_eq!(counter(&m, "created"), 0);
+}
+
+/// A 403 (RBAC missing) is counted, retried after a growing pause instead of hammering the
+/// API server, and the occurrence is written once access returns.
+#[test]
+fn forbidden_is_counted_and_retried_after_a_pause() {
+    let (api, url) = FakeApi::start_stateful(Duration::from_secs(60));
+    api.script.lock().unwrap().extend([
+        Answer::Status(403, "Forbidden"),
+        Answer::Status(403, "Forbidden"),
+        Answer::Status(403, "Forbidden"),
+    ]);
+    let t0 = Instant::now();
+    let m = occurrences(&url, fast(), &[("denied", 1, Duration::ZERO)], &|| {
+        api.requests().len() >= 4
+    });
+    let reqs = api.requests();
+    assert_eq!(reqs.len(), 4, "three refusals, then the create");
+    let gaps: Vec<Duration> = reqs.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert!(gaps[0] >= Duration::from_millis(280), "{gaps:?}");
+    assert!(
+        gaps[1] >= Duration::from_millis(580),
+        "the pause grows: {gaps:?}"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(1400));
+    assert_eq!(counter(&m, "failed"), 3);
+    assert_eq!(counter(&m, "created"), 1);
+    assert_eq!(live_series(&api, "denied"), Some(1));
 }

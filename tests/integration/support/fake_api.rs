@@ -35,6 +35,76 @@ pub struct FakeApi {
     pub lean: bool,
     /// Connections accepted.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// When set, Events are kept as the API server keeps them (see [`Store`]).
+    pub store: Option<Arc<Mutex<Store>>>,
+}
+
+/// Events as kube-apiserver keeps them: by namespace and name, each write (create or
+/// update) giving the object a fresh `--event-ttl` lease, after which it is gone. Answers
+/// 409 AlreadyExists to a create of a live name, 404 NotFound to a patch or get of a gone
+/// one, and merges a patch's `series`.
+pub struct Store {
+    pub ttl: std::time::Duration,
+    pub objects: std::collections::HashMap<String, (Instant, serde_json::Value)>,
+}
+
+impl Store {
+    fn live(&mut self, key: &str) -> Option<&mut serde_json::Value> {
+        let ttl = self.ttl;
+        if self
+            .objects
+            .get(key)
+            .is_some_and(|(at, _)| at.elapsed() > ttl)
+        {
+            self.objects.remove(key);
+        }
+        self.objects.get_mut(key).map(|(_, v)| v)
+    }
+
+    /// `(status, body)` for a request on `/apis/events.k8s.io/v1/namespaces/{ns}/events[/{name}]`.
+    fn answer(&mut self, method: &str, path: &str, body: &serde_json::Value) -> (u16, String) {
+        let path = path.split('?').next().unwrap_or(path);
+        let key_of = |name: &str| {
+            let base = path.rsplit_once("/events").map(|(b, _)| b).unwrap_or(path);
+            format!("{base}/{name}")
+        };
+        match method {
+            "POST" => {
+                let name = body["metadata"]["name"].as_str().unwrap_or("").to_string();
+                let key = key_of(&name);
+                if self.live(&key).is_some() {
+                    return (409, status_body(409, "AlreadyExists", None));
+                }
+                let mut obj = body.clone();
+                obj["metadata"]["resourceVersion"] = "1".into();
+                self.objects.insert(key, (Instant::now(), obj.clone()));
+                (201, obj.to_string())
+            }
+            "PATCH" | "GET" => {
+                let name = path.rsplit('/').next().unwrap_or("");
+                let key = key_of(name);
+                let Some(obj) = self.live(&key) else {
+                    return (404, status_body(404, "NotFound", None));
+                };
+                if method == "PATCH" {
+                    if let Some(series) = body.get("series") {
+                        obj["series"] = series.clone();
+                    }
+                    let obj = obj.clone();
+                    self.objects.insert(key, (Instant::now(), obj.clone()));
+                    return (200, obj.to_string());
+                }
+                (200, obj.to_string())
+            }
+            _ => (405, status_body(405, "MethodNotAllowed", None)),
+        }
+    }
+
+    /// The live Events, by name.
+    pub fn events(&mut self) -> Vec<serde_json::Value> {
+        let keys: Vec<String> = self.objects.keys().cloned().collect();
+        keys.iter().filter_map(|k| self.live(k).cloned()).collect()
+    }
 }
 
 fn status_body(code: u16, reason: &str, retry: Option<u32>) -> String {
@@ -48,6 +118,18 @@ fn status_body(code: u16, reason: &str, retry: Option<u32>) -> String {
 impl FakeApi {
     pub fn start() -> (FakeApi, String) {
         Self::start_with(FakeApi::default())
+    }
+
+    /// [`FakeApi::start`] that keeps Events like the API server does, expiring each one
+    /// `ttl` after its last write (kube-apiserver's `--event-ttl`, 1 h by default).
+    pub fn start_stateful(ttl: std::time::Duration) -> (FakeApi, String) {
+        Self::start_with(FakeApi {
+            store: Some(Arc::new(Mutex::new(Store {
+                ttl,
+                objects: Default::default(),
+            }))),
+            ..FakeApi::default()
+        })
     }
 
     /// [`FakeApi::start`], keeping only `regarding.name` of each body.
@@ -124,6 +206,11 @@ impl FakeApi {
                     format!("Retry-After: {retry_after}\r\n"),
                     status_body(429, "TooManyRequests", Some(retry_after)),
                 ),
+                None if self.store.is_some() => {
+                    let store = self.store.as_ref().expect("checked");
+                    let (c, text) = store.lock().unwrap().answer(&method, &path, &body);
+                    (c, String::new(), text)
+                }
                 None if method == "POST" => (201, String::new(), body.to_string()),
                 None => {
                     // PATCH: answer with an Event carrying the merged series.
