@@ -17,6 +17,13 @@ pub const HEAD_BYTES: usize = 1 << 20;
 pub const TAIL_BYTES: usize = 64 << 10;
 /// A layer with more entries than this is refused (a hostile archive).
 const MAX_ENTRIES: usize = 2_000_000;
+/// Longest path accepted in a layer (PATH_MAX): a longer one is refused, not indexed.
+const MAX_PATH_BYTES: usize = 4096;
+/// Deepest path accepted (components).
+const MAX_COMPONENTS: usize = 512;
+/// Bytes of paths and link targets one layer's index may hold (implicit parent directories
+/// included): an archive that needs more is refused with a clear error.
+const MAX_INDEX_BYTES: usize = 256 << 20;
 
 /// Opens a layer blob for reading, from the start.
 pub type Opener = Arc<dyn Fn() -> io::Result<Box<dyn Read>> + Send + Sync>;
@@ -95,9 +102,14 @@ fn kind_of(t: tar::EntryType) -> Option<FileKind> {
 }
 
 fn index(open: &Opener) -> Result<HashMap<String, Meta>, String> {
+    index_within(open, MAX_INDEX_BYTES)
+}
+
+fn index_within(open: &Opener, max_bytes: usize) -> Result<HashMap<String, Meta>, String> {
     let r = decompress(open().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     let mut a = tar::Archive::new(r);
     let mut map: HashMap<String, Meta> = HashMap::new();
+    let mut budget = 0usize;
     let dir = Meta {
         kind: FileKind::Directory,
         mode: 0o755,
@@ -143,22 +155,37 @@ fn index(open: &Opener) -> Result<HashMap<String, Meta>, String> {
             },
             whiteout,
         };
-        // Parents a tar may leave implicit.
-        let mut acc = String::new();
-        for c in path
-            .split('/')
-            .collect::<Vec<_>>()
-            .iter()
-            .rev()
-            .skip(1)
-            .rev()
-        {
-            acc = if acc.is_empty() {
-                (*c).to_string()
-            } else {
-                format!("{acc}/{c}")
-            };
-            map.entry(acc.clone()).or_insert_with(|| dir.clone());
+        if path.len() > MAX_PATH_BYTES {
+            return Err(format!(
+                "a path of {} bytes (more than {MAX_PATH_BYTES})",
+                path.len()
+            ));
+        }
+        if path.split('/').count() > MAX_COMPONENTS {
+            return Err(format!(
+                "a path more than {MAX_COMPONENTS} directories deep"
+            ));
+        }
+        budget += path.len() + meta.link.as_ref().map_or(0, String::len) + 64;
+        // Parents a tar may leave implicit, deepest first; once one is known, so are the
+        // ones above it.
+        let mut end = path.len();
+        while let Some(slash) = path[..end].rfind('/') {
+            end = slash;
+            let parent = &path[..end];
+            if map.contains_key(parent) {
+                break;
+            }
+            budget += parent.len() + 64;
+            if budget > max_bytes {
+                break;
+            }
+            map.insert(parent.to_string(), dir.clone());
+        }
+        if budget > max_bytes {
+            return Err(format!(
+                "the layer's index needs more than {max_bytes} bytes of paths"
+            ));
         }
         map.insert(path, meta);
     }
@@ -314,5 +341,63 @@ impl Layers for TarLayers {
         Err(RootfsError::NotRegular {
             path: entry.path.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(paths: &[&str]) -> Opener {
+        let mut b = tar::Builder::new(Vec::new());
+        for p in paths {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            h.set_mode(0o755);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, p, &b"x"[..]).expect("append");
+        }
+        let bytes = Arc::new(b.into_inner().expect("tar"));
+        Arc::new(move || Ok(Box::new(io::Cursor::new(bytes.as_ref().clone())) as Box<dyn Read>))
+    }
+
+    #[test]
+    fn implicit_parents_are_indexed_once() {
+        let map = index(&layer(&[
+            "usr/local/bin/app",
+            "usr/local/bin/other",
+            "etc/x",
+        ]))
+        .expect("index");
+        for p in ["usr", "usr/local", "usr/local/bin", "etc"] {
+            assert_eq!(map[p].kind, FileKind::Directory, "{p}");
+        }
+        assert_eq!(map["usr/local/bin/app"].kind, FileKind::Regular);
+        assert_eq!(map.len(), 7);
+    }
+
+    #[test]
+    fn absurd_paths_are_refused_with_a_clear_error() {
+        let long = "a".repeat(MAX_PATH_BYTES + 1);
+        let e = index(&layer(&[long.as_str()])).expect_err("too long");
+        assert!(e.contains("bytes"), "{e}");
+        let deep = vec!["d"; MAX_COMPONENTS + 1].join("/");
+        let e = index(&layer(&[deep.as_str()])).expect_err("too deep");
+        assert!(e.contains("deep"), "{e}");
+        // At the limits it is indexed.
+        let ok = vec!["d"; MAX_COMPONENTS].join("/");
+        assert!(index(&layer(&[ok.as_str()])).is_ok());
+    }
+
+    #[test]
+    fn the_index_has_a_byte_budget() {
+        let names: Vec<String> = (0..100).map(|i| format!("dir{i}/sub/file")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let e = index_within(&layer(&refs), 4096).expect_err("over budget");
+        assert!(e.contains("4096 bytes"), "{e}");
+        assert_eq!(
+            index_within(&layer(&refs), 1 << 20).map(|m| m.len()),
+            Ok(300)
+        );
     }
 }
