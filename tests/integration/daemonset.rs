@@ -295,3 +295,171 @@ fn the_lab_runs_the_containerd_release_the_matrix_names() {
     }
     eprintln!("containerd server {server}");
 }
+
+/// The agent connects while containerd emits well over 100 events a second: the Subscribe
+/// call is answered at once (an event is already there), and that open stream is kept — no
+/// reconnect — and every image created in the storm reaches the agent through the listing
+/// or an event.
+#[test]
+fn connecting_during_an_event_storm_keeps_the_stream_and_misses_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut ctd = Containerd::start();
+    let scratch = tempfile::tempdir().unwrap();
+    import(
+        &mut ctd,
+        scratch.path(),
+        "archwatch.test/storm:v0",
+        &ImageSpec::new(
+            "amd64",
+            &["/bin/busybox", "true"],
+            vec![Layer(vec![Item::file(
+                "/bin/busybox",
+                support::busybox("amd64"),
+                0o755,
+            )])],
+        ),
+    );
+    let running = Arc::new(AtomicBool::new(true));
+    let images = Arc::new(AtomicUsize::new(0));
+    let published = Arc::new(AtomicUsize::new(0));
+    let storm = {
+        let (running, images, published, socket) = (
+            running.clone(),
+            images.clone(),
+            published.clone(),
+            ctd.socket.clone(),
+        );
+        std::thread::spawn(move || event_storm(&socket, &running, &images, &published, 200.0))
+    };
+    // The storm is under way before the agent connects.
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let before = images.load(Ordering::SeqCst) + published.load(Ordering::SeqCst);
+    let agent = support::agent::Agent::start(&ctd.socket, &[]);
+    agent.wait_ready();
+    std::thread::sleep(Duration::from_secs(2));
+    running.store(false, Ordering::SeqCst);
+    storm.join().unwrap();
+    let events = images.load(Ordering::SeqCst) + published.load(Ordering::SeqCst) - before;
+    let rate = events as f64 / t0.elapsed().as_secs_f64();
+    assert!(rate >= 100.0, "the storm reached only {rate:.0} events/s");
+    let total = 1 + images.load(Ordering::SeqCst);
+    let log = strip_ansi(&agent.log_text());
+    let listed: usize = log
+        .lines()
+        .find(|l| l.contains("Connected to containerd."))
+        .and_then(|l| l.split("images=").nth(1))
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no listing in the log:\n{log}"));
+    agent.wait_for("the storm's events", Duration::from_secs(20), || {
+        let seen = agent.metric(
+            "archwatch_containerd_events_total",
+            &[("topic", "/images/create")],
+        ) as usize;
+        listed + seen >= total
+    });
+    assert_eq!(
+        agent.metric("archwatch_containerd_reconnects_total", &[]),
+        0.0
+    );
+    assert!(
+        !log.contains("connection lost"),
+        "the first stream was kept:\n{log}"
+    );
+    assert!(
+        agent.metric("archwatch_containerd_events_total", &[("topic", "other")]) > 0.0,
+        "the published storm reached the agent"
+    );
+    eprintln!("storm: {rate:.0} events/s, {listed} images listed at connect, {total} in all");
+}
+
+/// Until `running` is cleared, through containerd's API: image records created (new names
+/// for one image, one `/images/create` event each, as fast as containerd commits them) and
+/// events published on a topic of its own at `per_second` (containerd fans them out to every
+/// subscriber without a database write).
+fn event_storm(
+    socket: &std::path::Path,
+    running: &std::sync::atomic::AtomicBool,
+    images: &std::sync::atomic::AtomicUsize,
+    published: &std::sync::atomic::AtomicUsize,
+    per_second: f64,
+) {
+    use containerd_client::services::v1::events_client::EventsClient;
+    use containerd_client::services::v1::images_client::ImagesClient;
+    use containerd_client::services::v1::{CreateImageRequest, GetImageRequest, PublishRequest};
+    use std::sync::atomic::Ordering;
+    fn ns<T>(body: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(body);
+        r.metadata_mut()
+            .insert("containerd-namespace", NS.parse().unwrap());
+        r
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = containerd_client::connect(socket).await.unwrap();
+        let mut c = ImagesClient::new(channel.clone());
+        let mut image = c
+            .get(ns(GetImageRequest {
+                name: "archwatch.test/storm:v0".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .image
+            .unwrap();
+        let creator = async {
+            let mut i = 0;
+            while running.load(Ordering::SeqCst) {
+                image.name = format!("archwatch.test/storm:n{i}");
+                c.create(ns(CreateImageRequest {
+                    image: Some(image.clone()),
+                    source_date_epoch: None,
+                }))
+                .await
+                .unwrap();
+                images.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+            }
+        };
+        let publisher = async {
+            let mut e = EventsClient::new(channel.clone());
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
+            while running.load(Ordering::SeqCst) {
+                tick.tick().await;
+                e.publish(ns(PublishRequest {
+                    topic: "/archwatch-test/storm".into(),
+                    event: Some(prost_types::Any {
+                        type_url: "type.googleapis.com/google.protobuf.Empty".into(),
+                        value: Vec::new(),
+                    }),
+                }))
+                .await
+                .unwrap();
+                published.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        tokio::join!(creator, publisher);
+    });
+}
+
+/// The log without terminal colour codes.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
