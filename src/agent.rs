@@ -381,6 +381,20 @@ pub async fn run_fed(
             kernel,
         })
         .set(1);
+    // How image layers are read on this host: the path resolver, and whether opaque overlay
+    // directories can be seen.
+    let resolver = crate::rootfs::beneath::choice();
+    info!(resolver = resolver.resolver.name(), reason = %resolver.reason, "Resolving paths in image layers.");
+    if let Some(problem) = &resolver.problem {
+        warn!(problem = %problem, "The resolver override is not usable.");
+    }
+    let xattrs = crate::rootfs::xattrs::visibility();
+    metrics
+        .overlay_xattrs_readable
+        .set(i64::from(xattrs.readable));
+    if let Some(w) = xattrs.warning() {
+        warn!(overlay_xattrs_readable = false, "{w}");
+    }
 
     let mut server = None;
     if let Some(addr) = cfg.listen {

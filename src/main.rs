@@ -331,6 +331,17 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
             "give the container root with --rootfs DIR, --layers TOP:...:BOTTOM or --image REF"
         ),
     };
+    // How the layers are read: a resolver override that cannot work, or opaque overlay
+    // directories this process cannot see, are said before the verdict.
+    let access = archwatch::rootfs::Access::process();
+    if let Some(p) = &archwatch::rootfs::beneath::choice().problem {
+        eprintln!("archwatch: {p}");
+    }
+    if layers.len() > 1 {
+        if let Some(w) = archwatch::rootfs::xattrs::visibility().warning() {
+            eprintln!("archwatch: {w}");
+        }
+    }
     let result = inspect_layers(
         layers,
         &argv,
@@ -351,7 +362,10 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
         });
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        let mut v = serde_json::to_value(&result)?;
+        v["resolver"] = access.resolver.name().into();
+        v["overlay_xattrs_readable"] = access.overlay_xattrs_readable.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", report::inspection(&result, &node));
     }

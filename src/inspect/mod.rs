@@ -135,6 +135,8 @@ pub fn inspect<L: Layers>(
     ctx: Context,
 ) -> Result<Inspection, InspectError> {
     let argv0 = req.argv.first().ok_or(InspectError::EmptyArgv)?;
+    // Only this inspection's lookups count.
+    root.take_unsure();
     let mut w = Walk {
         root,
         req,
@@ -151,6 +153,14 @@ pub fn inspect<L: Layers>(
         return Err(InspectError::Vanished { layer });
     }
     let d = d?;
+    // An answer that an opaque directory nobody could read may hide: the verdict stands on
+    // files the kernel may not show (`trusted.overlay.opaque` needs CAP_SYS_ADMIN).
+    for u in root.take_unsure() {
+        w.findings.push(Finding {
+            code: "overlay_opaque_unknown",
+            detail: u.to_string(),
+        });
+    }
     if let (Some(claimed), Some(real)) = (req.claimed_arch, d.binary_arch) {
         if !same_arch(claimed, real) {
             w.findings.push(Finding {

@@ -9,7 +9,7 @@ use super::elf::tests::craft;
 use super::*;
 use crate::binfmt::{Handler, Rule};
 use crate::platform::Node;
-use crate::rootfs::Rootfs;
+use crate::rootfs::{under_both_resolvers, Access, Resolver, Rootfs};
 
 const EM_X86_64: u16 = 62;
 const EM_AARCH64: u16 = 183;
@@ -89,10 +89,19 @@ struct Case<'a> {
     binary_arch: Option<Arch>,
 }
 
-fn run(c: &Case) -> Inspection {
+/// Layers (top first) read with `resolver` by a process that can read trusted.* attributes.
+fn rootfs(resolver: Resolver, layers: Vec<std::path::PathBuf>) -> Rootfs {
+    let access = Access {
+        resolver,
+        overlay_xattrs_readable: true,
+    };
+    Rootfs::with_access(layers, access).unwrap()
+}
+
+fn run(c: &Case, res: Resolver) -> Inspection {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path(), &c.files);
-    let root = Rootfs::new(vec![dir.path().to_path_buf()]).unwrap();
+    let root = rootfs(res, vec![dir.path().to_path_buf()]);
     let argv: Vec<String> = c.argv.iter().map(|s| s.to_string()).collect();
     let req = Request {
         argv: &argv,
@@ -134,8 +143,7 @@ fn inspect_argv0(root: &Rootfs, argv0: &str) -> Result<Inspection, InspectError>
     )
 }
 
-#[test]
-fn verdicts_over_crafted_roots() {
+fn verdicts_over_crafted_roots(res: Resolver) {
     let sh = || F::File("/bin/sh", amd64(None), 0o755);
     let mut one_handler = Table::empty();
     one_handler.handlers.push(aarch64_handler("OCF"));
@@ -608,7 +616,7 @@ fn verdicts_over_crafted_roots() {
         },
     ];
     for c in &cases {
-        let got = run(c);
+        let got = run(c, res);
         assert_eq!(got.verdict, c.want, "{}: {:#?}", c.name, got);
         for w in c.cause_has {
             assert!(
@@ -630,8 +638,7 @@ fn verdicts_over_crafted_roots() {
     }
 }
 
-#[test]
-fn interpreter_chains_stop_where_the_kernel_does() {
+fn interpreter_chains_stop_where_the_kernel_does(res: Resolver) {
     // Five rewrites are allowed; a sixth fails with ELOOP.
     for (scripts, want) in [(5, Verdict::Ok), (6, Verdict::SymlinkLoop)] {
         let mut files = vec![F::File("/bin/real", amd64(None), 0o755)];
@@ -659,15 +666,14 @@ fn interpreter_chains_stop_where_the_kernel_does() {
             cause_has: &[],
             binary_arch: None,
         };
-        assert_eq!(run(&c).verdict, want, "{scripts} scripts");
+        assert_eq!(run(&c, res).verdict, want, "{scripts} scripts");
     }
 }
 
-#[test]
-fn config_that_lies_is_a_finding_beside_the_verdict() {
+fn config_that_lies_is_a_finding_beside_the_verdict(res: Resolver) {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path(), &[F::File("/app", arm64(None), 0o755)]);
-    let root = Rootfs::new(vec![dir.path().to_path_buf()]).unwrap();
+    let root = rootfs(res, vec![dir.path().to_path_buf()]);
     let argv = vec!["/app".to_string()];
     let req = Request {
         argv: &argv,
@@ -693,13 +699,12 @@ fn config_that_lies_is_a_finding_beside_the_verdict() {
     );
 }
 
-#[test]
-fn a_layer_removed_mid_inspection_is_an_error_not_a_verdict() {
+fn a_layer_removed_mid_inspection_is_an_error_not_a_verdict(res: Resolver) {
     let dir = tempfile::tempdir().unwrap();
     let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
     build(&top, &[F::File("/etc/marker", b"x".to_vec(), 0o644)]);
     build(&bottom, &[F::File("/app", arm64(None), 0o755)]);
-    let root = Rootfs::new(vec![top.clone(), bottom.clone()]).unwrap();
+    let root = rootfs(res, vec![top.clone(), bottom.clone()]);
     assert_eq!(
         inspect_argv0(&root, "/app").unwrap().verdict,
         Verdict::ArchMismatch
@@ -714,14 +719,13 @@ fn a_layer_removed_mid_inspection_is_an_error_not_a_verdict() {
     // The way containerd removes a snapshot: renamed away first, files deleted after. Caught
     // while the files are all still there.
     build(&bottom, &[F::File("/app", arm64(None), 0o755)]);
-    let root = Rootfs::new(vec![top.clone(), bottom.clone()]).unwrap();
+    let root = rootfs(res, vec![top.clone(), bottom.clone()]);
     fs::rename(&bottom, dir.path().join("rm-bottom")).unwrap();
     let e = inspect_argv0(&root, "/app").unwrap_err();
     assert_eq!(e.kind(), "snapshot_vanished", "{e}");
 }
 
-#[test]
-fn a_symlink_aimed_at_a_host_file_never_reads_it() {
+fn a_symlink_aimed_at_a_host_file_never_reads_it(res: Resolver) {
     let outside = tempfile::tempdir().unwrap();
     let canary = outside.path().join("canary");
     fs::write(&canary, b"#!/bin/sh\n").unwrap();
@@ -739,7 +743,7 @@ fn a_symlink_aimed_at_a_host_file_never_reads_it() {
             F::Link("/abs", canary.to_str().unwrap()),
         ],
     );
-    let root = Rootfs::new(vec![dir.path().to_path_buf()]).unwrap();
+    let root = rootfs(res, vec![dir.path().to_path_buf()]);
     for argv0 in ["/app", "/abs"] {
         let got = inspect_argv0(&root, argv0).unwrap();
         assert_eq!(got.verdict, Verdict::NotFound, "{argv0}: {got:#?}");
@@ -747,10 +751,9 @@ fn a_symlink_aimed_at_a_host_file_never_reads_it() {
     }
 }
 
-#[test]
-fn empty_argv_is_an_error_not_a_verdict() {
+fn empty_argv_is_an_error_not_a_verdict(res: Resolver) {
     let dir = tempfile::tempdir().unwrap();
-    let root = Rootfs::new(vec![dir.path().to_path_buf()]).unwrap();
+    let root = rootfs(res, vec![dir.path().to_path_buf()]);
     let req = Request {
         argv: &[],
         path_env: None,
@@ -770,3 +773,68 @@ fn empty_argv_is_an_error_not_a_verdict() {
     .unwrap_err();
     assert_eq!(err.kind(), "empty_argv");
 }
+
+/// The top layer marks /app opaque with `trusted.overlay.opaque=y`; the lower one has
+/// /app/server. Read with trusted.* the server does not exist; read without, the verdict
+/// is about a file the kernel hides, and says so.
+fn a_verdict_through_an_opaque_dir_that_cannot_be_read_carries_a_finding(res: Resolver) {
+    let dir = tempfile::tempdir().unwrap();
+    let (top, lower) = (dir.path().join("top"), dir.path().join("lower"));
+    build(
+        &top,
+        &[F::Dir("/app"), F::File("/bin/sh", amd64(None), 0o755)],
+    );
+    rustix::fs::setxattr(
+        top.join("app"),
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    build(&lower, &[F::File("/app/server", arm64(None), 0o755)]);
+    let layers = vec![top.clone(), lower.clone()];
+    let sees = rootfs(res, layers.clone());
+    let got = inspect_argv0(&sees, "/app/server").unwrap();
+    assert_eq!(got.verdict, Verdict::NotFound, "{got:#?}");
+    assert!(got.findings.is_empty(), "{:?}", got.findings);
+    let blind = Rootfs::with_access(
+        layers,
+        Access {
+            resolver: res,
+            overlay_xattrs_readable: false,
+        },
+    )
+    .unwrap();
+    // Twice: each inspection reports its own lookups, once.
+    for _ in 0..2 {
+        let got = inspect_argv0(&blind, "/app/server").unwrap();
+        assert_eq!(got.verdict, Verdict::ArchMismatch, "{got:#?}");
+        let notes: Vec<&Finding> = got
+            .findings
+            .iter()
+            .filter(|f| f.code == "overlay_opaque_unknown")
+            .collect();
+        assert_eq!(notes.len(), 1, "{:?}", got.findings);
+        let d = &notes[0].detail;
+        assert!(
+            d.contains("/app/server") && d.contains("directory /app of layer 0"),
+            "{d}"
+        );
+        assert!(d.contains(&top.display().to_string()), "{d}");
+        assert!(d.contains(&format!("layer 1 ({})", lower.display())), "{d}");
+    }
+    // What is found on top is certain: no finding.
+    let got = inspect_argv0(&blind, "/bin/sh").unwrap();
+    assert_eq!(got.verdict, Verdict::Ok);
+    assert!(got.findings.is_empty(), "{:?}", got.findings);
+}
+
+under_both_resolvers!(
+    verdicts_over_crafted_roots,
+    interpreter_chains_stop_where_the_kernel_does,
+    config_that_lies_is_a_finding_beside_the_verdict,
+    a_layer_removed_mid_inspection_is_an_error_not_a_verdict,
+    a_symlink_aimed_at_a_host_file_never_reads_it,
+    empty_argv_is_an_error_not_a_verdict,
+    a_verdict_through_an_opaque_dir_that_cannot_be_read_carries_a_finding,
+);

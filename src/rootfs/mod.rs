@@ -4,28 +4,36 @@
 //! Invariant: nothing outside the given layer directories is ever opened, stat'ed or read;
 //! nothing blocks (FIFOs and devices are never opened for reading).
 //!
-//! How: each layer directory is opened once; every lookup is one `openat2` relative to that
-//! descriptor with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS` and
-//! `O_PATH | O_NOFOLLOW`, so the kernel itself refuses to leave the layer or follow a link.
-//! Symlinks are read (`readlinkat` on the link's own descriptor) and followed here, in the
-//! merged view, re-anchored at the container root.
+//! How: each layer directory is opened once; every lookup is relative to that descriptor,
+//! `O_PATH | O_NOFOLLOW`, through a [`Resolver`] that never leaves the layer nor follows a
+//! link: one `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)` where the
+//! kernel allows it, one `openat` per component where it does not (see [`beneath`]); both
+//! give the same answers. Symlinks are read (`readlinkat` on the link's own descriptor) and
+//! followed here, in the merged view, re-anchored at the container root.
 //!
 //! Overlay semantics (as overlayfs shows the merged view): a char device 0/0 or a `.wh.NAME`
 //! file hides NAME below; a directory marked opaque (`trusted.overlay.opaque=y`, or
 //! `user.overlay.opaque=y`, or holding `.wh..wh..opq`) hides what lower layers have in it; a
 //! non-directory hides a directory below it and a directory over a non-directory stops the
-//! merge there.
+//! merge there. A process that cannot read `trusted.*` attributes (no CAP_SYS_ADMIN, see
+//! [`xattrs`]) cannot tell whether a directory is opaque by its attribute: an answer taken
+//! from a layer below such a directory is kept, and noted as [`Unsure`].
+
+pub mod beneath;
+pub mod xattrs;
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Mutex;
 
-use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use serde::Serialize;
 
 use crate::source::{FileSource, Source};
+pub use beneath::Resolver;
 
 /// Linux MAXSYMLINKS.
 pub const MAX_SYMLINK_HOPS: usize = 40;
@@ -56,6 +64,18 @@ pub trait Layers {
     fn readlink(&self, layer: usize, rel: &str, node: &Self::Node) -> Result<Vec<u8>, RootfsError>;
     /// Whether the directory at `rel` in `layer` hides lower layers' content.
     fn opaque(&self, layer: usize, rel: &str) -> Result<bool, RootfsError>;
+    /// Like [`Layers::opaque`], for a source that may not be able to tell.
+    fn opacity(&self, layer: usize, rel: &str) -> Result<Opacity, RootfsError> {
+        Ok(if self.opaque(layer, rel)? {
+            Opacity::Opaque
+        } else {
+            Opacity::Transparent
+        })
+    }
+    /// How a layer is named in reports.
+    fn layer_name(&self, layer: usize) -> String {
+        format!("layer {layer}")
+    }
     /// Opens a regular file found by resolution.
     fn open(&self, entry: &Entry) -> Result<Self::File, RootfsError>;
     /// Mode of the root directory.
@@ -69,10 +89,66 @@ pub trait Layers {
     }
 }
 
+/// Whether a directory of one layer hides what lower layers have at its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opacity {
+    Opaque,
+    Transparent,
+    /// No marker this process can read says so, and one it cannot read may.
+    Unknown,
+}
+
+/// An answer taken from a layer that an opaque directory above it might hide: the directory
+/// carries no marker this process can read, and may carry `trusted.overlay.opaque`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsure {
+    /// Container path of the directory whose opacity is unknown.
+    pub dir: String,
+    /// The layer holding that directory (its report name).
+    pub dir_layer: String,
+    /// Container path whose answer came from below it.
+    pub path: String,
+    /// The layer that answered (its report name).
+    pub from_layer: String,
+}
+
+impl std::fmt::Display for Unsure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} was taken from {}, below the directory {} of {}, which may be opaque (trusted.overlay.opaque cannot be read without CAP_SYS_ADMIN): if it is, {} does not exist in the container",
+            self.path, self.from_layer, self.dir, self.dir_layer, self.path
+        )
+    }
+}
+
 /// A container root: layers, top first, seen as one merged tree.
 #[derive(Debug)]
 pub struct Stack<L> {
     layers: L,
+    /// Answers taken through directories of unknown opacity, since the last
+    /// [`Stack::take_unsure`].
+    unsure: Mutex<Vec<Unsure>>,
+}
+
+/// How this process reads layer directories: decided once per process ([`Access::process`]),
+/// or given (tests, both resolvers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Access {
+    pub resolver: Resolver,
+    /// Whether `trusted.overlay.opaque` can be read (CAP_SYS_ADMIN).
+    pub overlay_xattrs_readable: bool,
+}
+
+impl Access {
+    /// This process's: the resolver from [`beneath::choice`], the attribute visibility from
+    /// [`xattrs::visibility`].
+    pub fn process() -> Access {
+        Access {
+            resolver: beneath::choice().resolver,
+            overlay_xattrs_readable: xattrs::visibility().readable,
+        }
+    }
 }
 
 /// Layer directories on disk (one directory is a one-layer stack).
@@ -80,11 +156,12 @@ pub struct Stack<L> {
 pub struct Dirs {
     paths: Vec<PathBuf>,
     fds: Vec<OwnedFd>,
+    access: Access,
     /// Per layer, the last directory found there whose path is [`KEEP_DIR_FROM`] bytes or more:
     /// the resolver walks one component at a time, so lookups below it start from it instead
     /// of from the layer's root (linear in the depth, not quadratic). Ordinary paths never
     /// fill it.
-    last_dir: std::sync::Mutex<Vec<Option<(String, OwnedFd)>>>,
+    last_dir: Mutex<Vec<Option<(String, OwnedFd)>>>,
 }
 
 /// A container root on disk.
@@ -191,10 +268,6 @@ const MAX_LINK_LEN: usize = 4096;
 /// Bound on components processed in one resolution (every hop adds at most PATH_MAX/2).
 const MAX_COMPONENTS: usize = 64 * 1024;
 
-fn resolve_flags() -> ResolveFlags {
-    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
-}
-
 /// A directory of the merged view: its components and the layers that contribute to it.
 #[derive(Clone, Debug)]
 struct Dir {
@@ -203,6 +276,10 @@ struct Dir {
     rel: String,
     layers: Vec<usize>,
     mode: u32,
+    /// The first `certain` of `layers` surely contribute; the rest do only if the directory
+    /// named in `unsure_of` (path, layer) is not opaque, which could not be read.
+    certain: usize,
+    unsure_of: Option<(String, usize)>,
 }
 
 impl Dir {
@@ -245,10 +322,18 @@ fn kind_of(ft: FileType) -> FileKind {
 
 impl Rootfs {
     /// Layers top first. Each must be a directory; they are opened once (O_PATH|O_DIRECTORY).
+    /// Read the way this process can ([`Access::process`]).
     pub fn new(layers: Vec<PathBuf>) -> Result<Rootfs, RootfsError> {
-        Ok(Stack {
-            layers: Dirs::open(layers)?,
-        })
+        Rootfs::with_access(layers, Access::process())
+    }
+
+    /// Like [`Rootfs::new`], with a given resolver and attribute visibility.
+    pub fn with_access(layers: Vec<PathBuf>, access: Access) -> Result<Rootfs, RootfsError> {
+        Ok(Stack::from_layers(Dirs::open(layers, access)?))
+    }
+
+    pub fn access(&self) -> Access {
+        self.layers.access
     }
 
     pub fn layers(&self) -> &[PathBuf] {
@@ -264,47 +349,8 @@ impl Rootfs {
 /// A directory path this long is kept for the lookups below it (see `Dirs::last_dir`).
 const KEEP_DIR_FROM: usize = 256;
 
-/// Components per `openat2` call stay under this many bytes (PATH_MAX is 4096).
-const OPEN_CHUNK: usize = 2048;
-
-/// `openat2` beneath `base` (no symlinks, nothing above `base`) for a relative path of any
-/// length: a path longer than PATH_MAX (an image can nest directories 10,000 deep) is walked
-/// in chunks, each opened beneath the directory the previous one reached, with the same
-/// confinement. `rel` holds no `..` (the resolver has already applied them).
-fn openat2_deep(base: &OwnedFd, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
-    if rel.len() < OPEN_CHUNK {
-        return rustix::fs::openat2(base, rel, flags, Mode::empty(), resolve_flags());
-    }
-    let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
-    let mut dir: Option<OwnedFd> = None;
-    let mut i = 0;
-    while i < comps.len() {
-        let (mut j, mut len) = (i, 0);
-        while j < comps.len() && (j == i || len + comps[j].len() + 1 < OPEN_CHUNK) {
-            len += comps[j].len() + 1;
-            j += 1;
-        }
-        let chunk = comps[i..j].join("/");
-        let f = if j == comps.len() {
-            flags
-        } else {
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
-        };
-        let at = dir.as_ref().unwrap_or(base);
-        dir = Some(rustix::fs::openat2(
-            at,
-            chunk.as_str(),
-            f,
-            Mode::empty(),
-            resolve_flags(),
-        )?);
-        i = j;
-    }
-    dir.ok_or(Errno::NOENT)
-}
-
 impl Dirs {
-    fn open(layers: Vec<PathBuf>) -> Result<Dirs, RootfsError> {
+    fn open(layers: Vec<PathBuf>, access: Access) -> Result<Dirs, RootfsError> {
         let mut fds = Vec::with_capacity(layers.len());
         for l in &layers {
             let fd = rustix::fs::open(
@@ -324,47 +370,87 @@ impl Dirs {
                 source: std::io::Error::other("no layers given"),
             });
         }
-        let last_dir = std::sync::Mutex::new(fds.iter().map(|_| None).collect());
+        let last_dir = Mutex::new(fds.iter().map(|_| None).collect());
         Ok(Dirs {
             paths: layers,
             fds,
+            access,
             last_dir,
         })
     }
-    /// Opens a found regular file for reading, confined to its layer (openat2 with
-    /// RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, O_NOFOLLOW|O_NONBLOCK) and re-checks with fstat that
-    /// it is still a regular file. Callers read bounded amounts with `FileExt::read_at`.
+    /// Opens a found regular file for reading, confined to its layer by the same resolver,
+    /// no symlink followed (the last component included). What is opened for reading has
+    /// first been seen, through an `O_PATH` descriptor, to be a regular file, so a FIFO or a
+    /// device put where the resolution found a file is never opened for reading; the file
+    /// opened (O_NOFOLLOW|O_NONBLOCK|O_NOCTTY) must then be that same regular file. Callers
+    /// read bounded amounts with `FileExt::read_at`.
     pub fn open_regular(&self, entry: &Entry) -> Result<File, RootfsError> {
+        let not_regular = || RootfsError::NotRegular {
+            path: entry.path.clone(),
+        };
         if entry.kind != FileKind::Regular {
-            return Err(RootfsError::NotRegular {
-                path: entry.path.clone(),
-            });
+            return Err(not_regular());
         }
         let io = |e: Errno| RootfsError::Io {
             path: entry.path.clone(),
             layer: entry.layer,
             source: e.into(),
         };
-        let layer_fd = self.fds.get(entry.layer).ok_or(RootfsError::NotRegular {
-            path: entry.path.clone(),
-        })?;
+        let layer_fd = self.fds.get(entry.layer).ok_or_else(not_regular)?;
         let rel = entry.path.trim_start_matches('/');
-        let fd = openat2_deep(
-            layer_fd,
-            rel,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
-        )
-        .map_err(io)?;
+        let (parent, name) = match rel.rsplit_once('/') {
+            Some((p, n)) => (Some(p), n),
+            None => (None, rel),
+        };
+        let parent = match parent {
+            Some(p) => Some(
+                self.open_beneath(
+                    layer_fd.as_fd(),
+                    p,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                )
+                .map_err(io)?,
+            ),
+            None => None,
+        };
+        let at = parent.as_ref().map_or(layer_fd.as_fd(), |d| d.as_fd());
+        let seen = self
+            .open_beneath(at, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC)
+            .map_err(io)?;
+        let seen = rustix::fs::fstat(&seen).map_err(io)?;
+        if FileType::from_raw_mode(seen.st_mode) != FileType::RegularFile {
+            return Err(not_regular());
+        }
+        let fd = self
+            .open_beneath(
+                at,
+                name,
+                OFlags::RDONLY
+                    | OFlags::NOFOLLOW
+                    | OFlags::NONBLOCK
+                    | OFlags::CLOEXEC
+                    | OFlags::NOCTTY,
+            )
+            .map_err(io)?;
         let st = rustix::fs::fstat(&fd).map_err(io)?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return Err(RootfsError::NotRegular {
-                path: entry.path.clone(),
-            });
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+            || (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino)
+        {
+            return Err(not_regular());
         }
         Ok(File::from(fd))
     }
 
-    /// `openat2_deep` of `rel` in `layer`, from the layer's last directory when `rel` is
+    fn open_beneath(
+        &self,
+        base: std::os::fd::BorrowedFd<'_>,
+        rel: &str,
+        flags: OFlags,
+    ) -> Result<OwnedFd, Errno> {
+        self.access.resolver.open(base, rel, flags)
+    }
+
+    /// Opens `rel` in `layer` beneath the layer, from the layer's last directory when `rel` is
     /// below it.
     fn open_from_last(&self, layer: usize, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
         let from_last = {
@@ -375,15 +461,15 @@ impl Dirs {
                         && rel.starts_with(dir.as_str())
                         && rel.as_bytes()[dir.len()] == b'/' =>
                 {
-                    Some(openat2_deep(fd, &rel[dir.len() + 1..], flags))
+                    Some(self.open_beneath(fd.as_fd(), &rel[dir.len() + 1..], flags))
                 }
-                Some((dir, fd)) if rel == dir => Some(openat2_deep(fd, ".", flags)),
+                Some((dir, fd)) if rel == dir => Some(self.open_beneath(fd.as_fd(), ".", flags)),
                 _ => None,
             }
         };
         match from_last {
             Some(r) => r,
-            None => openat2_deep(&self.fds[layer], rel, flags),
+            None => self.open_beneath(self.fds[layer].as_fd(), rel, flags),
         }
     }
 
@@ -412,26 +498,38 @@ impl Dirs {
         Ok(self.open_in(layer, rel)?.is_some())
     }
 
-    fn opaque_dir(&self, layer: usize, rel: &str) -> Result<bool, RootfsError> {
+    fn opaque_dir(&self, layer: usize, rel: &str) -> Result<Opacity, RootfsError> {
+        // What a process without CAP_SYS_ADMIN cannot see: the kernel answers ENODATA, as for
+        // a directory that is not opaque.
+        let unseen = if self.access.overlay_xattrs_readable {
+            Opacity::Transparent
+        } else {
+            Opacity::Unknown
+        };
         if self.exists_in(layer, &format!("{rel}/.wh..wh..opq"))? {
-            return Ok(true);
+            return Ok(Opacity::Opaque);
         }
         let Ok(fd) = self.open_from_last(
             layer,
             rel,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         ) else {
-            return Ok(false);
+            return Ok(unseen);
         };
-        for name in ["trusted.overlay.opaque", "user.overlay.opaque"] {
+        let names: &[&str] = if self.access.overlay_xattrs_readable {
+            &["trusted.overlay.opaque", "user.overlay.opaque"]
+        } else {
+            &["user.overlay.opaque"]
+        };
+        for name in names {
             let mut buf = [0u8; 8];
-            if let Ok(n) = rustix::fs::fgetxattr(&fd, name, &mut buf) {
+            if let Ok(n) = rustix::fs::fgetxattr(&fd, *name, &mut buf) {
                 if buf[..n] == *b"y" {
-                    return Ok(true);
+                    return Ok(Opacity::Opaque);
                 }
             }
         }
-        Ok(false)
+        Ok(unseen)
     }
 }
 
@@ -482,7 +580,18 @@ impl Layers for Dirs {
     }
 
     fn opaque(&self, layer: usize, rel: &str) -> Result<bool, RootfsError> {
+        Ok(self.opaque_dir(layer, rel)? == Opacity::Opaque)
+    }
+
+    fn opacity(&self, layer: usize, rel: &str) -> Result<Opacity, RootfsError> {
         self.opaque_dir(layer, rel)
+    }
+
+    fn layer_name(&self, layer: usize) -> String {
+        match self.paths.get(layer) {
+            Some(p) => format!("layer {layer} ({})", p.display()),
+            None => format!("layer {layer}"),
+        }
     }
 
     fn open(&self, entry: &Entry) -> Result<FileSource, RootfsError> {
@@ -520,7 +629,31 @@ impl Layers for Dirs {
 impl<L: Layers> Stack<L> {
     /// A stack over any layer source.
     pub fn from_layers(layers: L) -> Stack<L> {
-        Stack { layers }
+        Stack {
+            layers,
+            unsure: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The answers taken through a directory of unknown opacity since the last call, each
+    /// once.
+    pub fn take_unsure(&self) -> Vec<Unsure> {
+        std::mem::take(&mut *self.unsure.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Notes that `rel` was answered by `layer`, which `why` (a directory and its layer) may
+    /// hide.
+    fn note_unsure(&self, why: &(String, usize), rel: &str, layer: usize) {
+        let u = Unsure {
+            dir: why.0.clone(),
+            dir_layer: self.layers.layer_name(why.1),
+            path: format!("/{rel}"),
+            from_layer: self.layers.layer_name(layer),
+        };
+        let mut all = self.unsure.lock().unwrap_or_else(|e| e.into_inner());
+        if !all.contains(&u) {
+            all.push(u);
+        }
     }
 
     pub fn backend(&self) -> &L {
@@ -607,10 +740,13 @@ impl<L: Layers> Stack<L> {
     }
 
     fn root_dir(&self) -> Dir {
+        let layers: Vec<usize> = (0..self.layers.count()).collect();
         Dir {
             rel: String::new(),
-            layers: (0..self.layers.count()).collect(),
+            certain: layers.len(),
+            layers,
             mode: self.layers.root_mode(),
+            unsure_of: None,
         }
     }
 
@@ -621,7 +757,13 @@ impl<L: Layers> Stack<L> {
         }
         let rel = dir.rel(name);
         let mut merged: Option<Dir> = None;
-        for &layer in &dir.layers {
+        // Set once the layers reached from here on might be hidden by a directory whose
+        // opacity could not be read: `dir` itself in an upper layer, or the merged child.
+        let mut unsure: Option<(String, usize)> = None;
+        for (k, &layer) in dir.layers.iter().enumerate() {
+            if k == dir.certain && unsure.is_none() {
+                unsure.clone_from(&dir.unsure_of);
+            }
             let (st, node) = match self.layers.stat(layer, &rel)? {
                 Some(x) => x,
                 None => {
@@ -639,20 +781,39 @@ impl<L: Layers> Stack<L> {
                 break;
             }
             if st.kind == FileKind::Directory {
+                if merged.is_none() {
+                    if let Some(why) = &unsure {
+                        self.note_unsure(why, &rel, layer);
+                    }
+                }
                 let d = merged.get_or_insert_with(|| Dir {
                     rel: rel.clone(),
                     layers: Vec::new(),
                     mode: st.mode,
+                    certain: 0,
+                    unsure_of: None,
                 });
                 d.layers.push(layer);
-                if self.layers.opaque(layer, &rel)? {
-                    break;
+                if unsure.is_none() {
+                    d.certain = d.layers.len();
+                }
+                match self.layers.opacity(layer, &rel)? {
+                    Opacity::Opaque => break,
+                    Opacity::Transparent => {}
+                    Opacity::Unknown => {
+                        if unsure.is_none() {
+                            unsure = Some((format!("/{rel}"), layer));
+                        }
+                    }
                 }
                 continue;
             }
             if merged.is_some() {
                 // A non-directory below a directory is hidden and stops the merge.
                 break;
+            }
+            if let Some(why) = &unsure {
+                self.note_unsure(why, &rel, layer);
             }
             return Ok(Child::Other {
                 layer,
@@ -662,7 +823,10 @@ impl<L: Layers> Stack<L> {
                 node,
             });
         }
-        Ok(merged.map_or(Child::Missing, Child::Dir))
+        Ok(merged.map_or(Child::Missing, |mut d| {
+            d.unsure_of = unsure;
+            Child::Dir(d)
+        }))
     }
 
     fn walk(&self, path: &str, cwd: &str, follow_last: bool) -> Result<Resolved, RootfsError> {
@@ -767,6 +931,26 @@ impl<L: Layers> Stack<L> {
         })
     }
 }
+
+/// Runs each named test function (`fn NAME(res: Resolver)`) under both resolvers, as the
+/// tests `NAME::openat2` and `NAME::openat`.
+#[cfg(test)]
+macro_rules! under_both_resolvers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn openat2() {
+                super::$name($crate::rootfs::Resolver::Openat2)
+            }
+            #[test]
+            fn openat() {
+                super::$name($crate::rootfs::Resolver::Openat)
+            }
+        }
+    )*};
+}
+#[cfg(test)]
+pub(crate) use under_both_resolvers;
 
 #[cfg(test)]
 mod tests;

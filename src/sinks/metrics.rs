@@ -150,6 +150,8 @@ pub struct Metrics {
     pub inspection_errors: Family<KindLabels, Counter>,
     pub kube_events: Family<KubeLabels, Counter>,
     pub build_info: Family<VersionLabels, Gauge>,
+    /// 1 when `trusted.overlay.opaque` is readable (CAP_SYS_ADMIN), set at start.
+    pub overlay_xattrs_readable: Gauge,
 }
 
 impl Default for Metrics {
@@ -167,6 +169,7 @@ impl Default for Metrics {
             inspection_errors: Family::default(),
             kube_events: Family::default(),
             build_info: Family::default(),
+            overlay_xattrs_readable: Gauge::default(),
         }
     }
 }
@@ -232,6 +235,11 @@ impl Metrics {
             self.kube_events.clone(),
         );
         r.register("build_info", "archwatch version", self.build_info.clone());
+        r.register(
+            "overlay_xattrs_readable",
+            "1 when the agent can read trusted.overlay.opaque (CAP_SYS_ADMIN), 0 when opaque directories of overlay layers are unseen and merges through them are reported as uncertain",
+            self.overlay_xattrs_readable.clone(),
+        );
     }
 
     /// Creates, at 0, every series of the families whose label sets are closed, so that a
@@ -446,6 +454,7 @@ mod tests {
                 version: "0.1.0".into(),
             })
             .set(1);
+        m.overlay_xattrs_readable.set(1);
         let text = encode(&r);
         let buckets: String = (0..16)
             .map(|i| {
@@ -493,6 +502,9 @@ archwatch_kube_events_total{{reason=\"ExecFormatError\",result=\"created\"}} 1\n
 # HELP archwatch_build_info archwatch version.\n\
 # TYPE archwatch_build_info gauge\n\
 archwatch_build_info{{version=\"0.1.0\"}} 1\n\
+# HELP archwatch_overlay_xattrs_readable 1 when the agent can read trusted.overlay.opaque (CAP_SYS_ADMIN), 0 when opaque directories of overlay layers are unseen and merges through them are reported as uncertain.\n\
+# TYPE archwatch_overlay_xattrs_readable gauge\n\
+archwatch_overlay_xattrs_readable 1\n\
 # EOF\n"
         );
         assert_eq!(text, want);

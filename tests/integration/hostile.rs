@@ -35,10 +35,22 @@ fn snapshot_with(ctd: &Containerd, marker: &str) -> std::path::PathBuf {
 
 #[test]
 fn huge_and_deep_entrypoints_are_read_by_their_headers_only() {
+    huge_and_deep_entrypoints(&[]);
+}
+
+/// The same, the agent resolving one `openat` per component: 10,000 directories still fit
+/// the time budget.
+#[test]
+fn huge_and_deep_entrypoints_are_read_by_their_headers_only_under_the_openat_walk() {
+    huge_and_deep_entrypoints(&[("ARCHWATCH_RESOLVER", std::path::Path::new("openat"))]);
+}
+
+fn huge_and_deep_entrypoints(env: &[(&str, &std::path::Path)]) {
     let _binfmt = support::binfmt_shared();
     let mut ctd = Containerd::start();
-    let agent = Agent::start(&ctd.socket, &[]);
+    let agent = Agent::start_with_env(&ctd.socket, &[], env);
     agent.wait_ready();
+    resolver_as_asked(&agent, env);
     let work = tempfile::tempdir().unwrap();
     // The images carry placeholders; their unpacked snapshots are then edited in place into
     // what no image tar could carry cheaply: a 2 GiB sparse file, a 10,000-deep tree.
@@ -123,6 +135,16 @@ fn huge_and_deep_entrypoints_are_read_by_their_headers_only() {
     assert_eq!(agent.metric("archwatch_containerd_connected", &[]), 1.0);
 }
 
+/// The agent logged the resolver the environment forced, if it forced one.
+fn resolver_as_asked(agent: &Agent, env: &[(&str, &std::path::Path)]) {
+    for (k, v) in env {
+        if *k == "ARCHWATCH_RESOLVER" {
+            let said = format!("{k}={}", v.display());
+            assert!(agent.log_text().contains(&said), "{}", agent.log_text());
+        }
+    }
+}
+
 /// `ctr run` without `--rm`: the failed container stays, like the kubelet keeps a dead one,
 /// so a slow inspection is not cut short by its snapshot's removal (that case is
 /// `snapshot_vanished`).
@@ -187,6 +209,17 @@ fn dig_from(from: &rustix::fd::OwnedFd, depth: usize) -> rustix::fd::OwnedFd {
 
 #[test]
 fn hostile_images_are_diagnosed_without_reading_the_host() {
+    hostile_images_diagnosed(&[]);
+}
+
+/// The same images, the agent resolving with one `openat` per component (as on a kernel
+/// without openat2, or under a seccomp profile that refuses it).
+#[test]
+fn hostile_images_are_diagnosed_without_reading_the_host_under_the_openat_walk() {
+    hostile_images_diagnosed(&[("ARCHWATCH_RESOLVER", std::path::Path::new("openat"))]);
+}
+
+fn hostile_images_diagnosed(env: &[(&str, &std::path::Path)]) {
     let _binfmt = support::binfmt_shared();
     let canary_dir = tempfile::tempdir().unwrap();
     let canary = canary_dir.path().join("canary");
@@ -214,11 +247,13 @@ fn hostile_images_are_diagnosed_without_reading_the_host() {
     }
 
     let mut ctd = Containerd::start();
-    let agent = Agent::start(&ctd.socket, &[]);
+    let agent = Agent::start_with_env(&ctd.socket, &[], env);
     agent.wait_ready();
+    resolver_as_asked(&agent, env);
     let work = tempfile::tempdir().unwrap();
     let bb = || Item::file("/bin/busybox", support::busybox("amd64"), 0o755);
     let up = format!("{}{}", "../".repeat(30), canary_s.trim_start_matches('/'));
+    let canary_dir_s = canary_dir.path().to_str().unwrap().to_string();
     let cases: Vec<(&str, Vec<&str>, Vec<Item>, &str)> = vec![
         (
             "fifo",
@@ -262,6 +297,13 @@ fn hostile_images_are_diagnosed_without_reading_the_host() {
             "escape-rel",
             vec!["/app"],
             vec![bb(), Item::symlink("/app", &up)],
+            "not_found",
+        ),
+        (
+            // A symlinked directory met mid-path, toward the canary's directory.
+            "escape-dir",
+            vec!["/opt/canary"],
+            vec![bb(), Item::symlink("/opt", &canary_dir_s)],
             "not_found",
         ),
         (

@@ -11,5 +11,6 @@ mod image_build;
 mod kube;
 mod leases;
 mod manifests;
+mod rootfs;
 mod support;
 mod verify;

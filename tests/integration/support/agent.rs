@@ -31,12 +31,35 @@ impl Agent {
         extra: &[&str],
         env: &[(&str, &std::path::Path)],
     ) -> Agent {
+        Agent::launch(super::archwatch(), socket, extra, env)
+    }
+
+    /// The agent run by `wrapper` (a program and its arguments, e.g. `setpriv` dropping a
+    /// capability), which execs the archwatch binary with the agent's arguments.
+    pub fn start_under(
+        wrapper: &[&str],
+        socket: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> Agent {
+        let (program, args) = wrapper.split_first().expect("a wrapper program");
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args).arg(env!("CARGO_BIN_EXE_archwatch"));
+        Agent::launch(cmd, socket, extra, env)
+    }
+
+    fn launch(
+        mut cmd: std::process::Command,
+        socket: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = dir.path().join("journal.jsonl");
         let log = dir.path().join("agent.log");
         let listen = format!("127.0.0.1:{}", free_port());
         let api_socket = dir.path().join("api.sock");
-        let child = super::archwatch()
+        let child = cmd
             .args(["agent", "--node-name", "test-node", "--address"])
             .arg(socket)
             .arg("--journal")
