@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod containerd;
 pub mod fake_api;
+pub mod manifests;
 
 use std::path::PathBuf;
 
