@@ -6,7 +6,7 @@ FROM --platform=$BUILDPLATFORM rust:1-bookworm AS build
 ARG TARGETARCH
 ARG BUILDARCH
 RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler musl-tools gcc-aarch64-linux-gnu gcc-x86-64-linux-gnu \
+ && apt-get install -y --no-install-recommends ca-certificates protobuf-compiler musl-tools gcc-aarch64-linux-gnu gcc-x86-64-linux-gnu \
  && rm -rf /var/lib/apt/lists/*
 RUN case "$TARGETARCH" in \
       amd64) echo x86_64-unknown-linux-musl ;; \
@@ -25,10 +25,29 @@ RUN if [ "$BUILDARCH" = amd64 ]; then export CC_x86_64_unknown_linux_musl=musl-g
     else export CC_x86_64_unknown_linux_musl=x86_64-linux-gnu-gcc; fi \
  && cargo build --release --locked --target "$(cat /rust-target)" \
  && cp "target/$(cat /rust-target)/release/archwatch" /archwatch
+# An empty, world-writable, sticky directory for the final image's /tmp: `archwatch verify`
+# fetches a registry image into a temporary directory, and scratch has none.
+RUN mkdir -m 1777 /image-tmp
 
 FROM scratch
+ARG VERSION=dev
+ARG REVISION=unknown
+ARG SOURCE=https://github.com/archwatch/archwatch
+LABEL org.opencontainers.image.title="archwatch" \
+      org.opencontainers.image.description="Explains exec format error and its cousins on every node" \
+      org.opencontainers.image.source="$SOURCE" \
+      org.opencontainers.image.revision="$REVISION" \
+      org.opencontainers.image.version="$VERSION" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /archwatch /archwatch
+# The builder's (Debian's) CA bundle: without it `archwatch verify` cannot check any HTTPS
+# registry's certificate. reqwest's rustls-platform-verifier loads the system roots through
+# rustls-native-certs, whose openssl-probe looks first at this very path ($SSL_CERT_FILE, when
+# set, replaces it: a bundle of your own).
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=build /image-tmp /tmp
 # Root (uid 0) is needed to read other users' files in containerd's snapshots; the DaemonSet
-# drops every capability but DAC_READ_SEARCH and mounts the root filesystem read-only.
+# drops every capability but DAC_READ_SEARCH, SYS_PTRACE and SYS_ADMIN and mounts the root
+# filesystem read-only.
 ENTRYPOINT ["/archwatch"]
 CMD ["agent"]

@@ -9,6 +9,9 @@
 
 mod support;
 
+#[path = "../tests/integration/support/manifests.rs"]
+#[allow(dead_code)]
+mod manifests;
 #[path = "../tests/integration/support/pod.rs"]
 mod pod;
 
@@ -32,7 +35,7 @@ fn main() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let run_dir = ctd.socket.parent().expect("socket dir").to_path_buf();
     let node = pod::NodePaths::lab(&run_dir, &ctd.root(), scratch.path());
-    let spec = pod::ContainerSpec::from_daemonset(&pod::shipped_daemonset());
+    let spec = pod::ContainerSpec::from_daemonset(&manifests::daemonset(manifests::BASE));
     let mut agent = pod::PodAgent::start(&spec, &node, &[]);
     agent.wait_ready();
     println!(

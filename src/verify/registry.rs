@@ -20,8 +20,21 @@ const ACCEPT: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
 
-fn err(what: &str, e: impl std::fmt::Display) -> VerifyError {
-    VerifyError::Registry(format!("{what}: {e}"))
+/// The error with its chain of causes: an HTTP client's own message ("error sending request")
+/// hides the one that says what went wrong (a certificate from an unknown issuer, no CA
+/// certificates at all, a refused connection).
+fn err(what: &str, e: impl std::error::Error) -> VerifyError {
+    let mut msg = format!("{what}: {e}");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.ends_with(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cause = c.source();
+    }
+    VerifyError::Registry(msg)
 }
 
 /// Basic credentials for `registry` from the docker config, if any.
@@ -68,14 +81,17 @@ async fn fetch_async(reference: &str, plain_http: bool, dir: &Path) -> Result<St
         .parse()
         .map_err(|e| err(&format!("reference {reference}"), e))?;
     crate::tls::install_crypto_provider();
-    let client = Client::new(ClientConfig {
+    // Client::new falls back to a default client when this fails, and that one panics (no CA
+    // certificates on the machine, as in a bare scratch image): report it instead.
+    let client = Client::try_from(ClientConfig {
         protocol: if plain_http {
             ClientProtocol::Http
         } else {
             ClientProtocol::Https
         },
         ..Default::default()
-    });
+    })
+    .map_err(|e| err("HTTP client", e))?;
     let auth = docker_auth(r.resolve_registry());
     let io = |p: &Path| {
         let p = p.display().to_string();

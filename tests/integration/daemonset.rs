@@ -9,7 +9,8 @@ use archwatch::oci::{ImageSpec, Item, Layer, Layout};
 use crate::support::{
     self,
     containerd::Containerd,
-    pod::{self, ContainerSpec, Mount, NodePaths, PodAgent},
+    manifests,
+    pod::{self, ContainerSpec, HostMount, NodePaths, PodAgent},
 };
 
 const NS: &str = "k8s.io";
@@ -101,7 +102,7 @@ fn the_agent_runs_with_exactly_the_daemonsets_privileges_and_diagnoses() {
     let _binfmt = support::binfmt_shared();
     let mut ctd = Containerd::start();
     let scratch = tempfile::tempdir().unwrap();
-    let spec = ContainerSpec::from_daemonset(&pod::shipped_daemonset());
+    let spec = ContainerSpec::from_daemonset(&manifests::daemonset(manifests::BASE));
     let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
     agent.wait_ready();
 
@@ -140,7 +141,7 @@ fn opaque_directories_are_judged_as_the_kernel_merges_them_under_the_daemonsets_
     let _binfmt = support::binfmt_shared();
     let mut ctd = Containerd::start();
     let scratch = tempfile::tempdir().unwrap();
-    let spec = ContainerSpec::from_daemonset(&pod::shipped_daemonset());
+    let spec = ContainerSpec::from_daemonset(&manifests::daemonset(manifests::BASE));
     let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
     agent.wait_ready();
 
@@ -201,7 +202,7 @@ fn containerd_restarts_are_followed_through_the_socket_directory() {
     let _binfmt = support::binfmt_shared();
     let mut ctd = Containerd::start();
     let scratch = tempfile::tempdir().unwrap();
-    let spec = ContainerSpec::from_daemonset(&pod::shipped_daemonset());
+    let spec = ContainerSpec::from_daemonset(&manifests::daemonset(manifests::BASE));
     let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
     agent.wait_ready();
     let inode = |p: &std::path::Path| {
@@ -238,15 +239,17 @@ fn a_bind_mounted_socket_file_strands_the_agent_and_healthz_says_so() {
     let _binfmt = support::binfmt_shared();
     let mut ctd = Containerd::start();
     let scratch = tempfile::tempdir().unwrap();
-    let mut spec = ContainerSpec::from_daemonset(&pod::shipped_daemonset());
+    let mut spec = ContainerSpec::from_daemonset(&manifests::daemonset(manifests::BASE));
     let address = spec.arg("address").expect("--address in the manifest");
-    spec.mounts.retain(|m| !address.starts_with(&m.mount_path));
-    spec.mounts.push(Mount {
-        host_path: address.clone(),
+    spec.mounts
+        .retain(|m| !std::path::Path::new(&address).starts_with(&m.mount_path));
+    spec.mounts.push(HostMount {
+        volume: "containerd-socket".into(),
+        host_path: address.clone().into(),
         host_type: Some("Socket".into()),
-        mount_path: address.clone(),
+        mount_path: address.clone().into(),
         read_only: false,
-        propagation: "None".into(),
+        propagation: None,
     });
     let mut agent = PodAgent::start(
         &spec,

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod containerd;
 pub mod fake_api;
+pub mod manifests;
 pub mod pod;
 
 use std::path::PathBuf;

@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 
+pub use super::manifests::HostMount;
+use super::manifests::{agent_container, host_mounts};
+
 /// Where each node path the manifests name is in this lab (longest prefix wins).
 #[derive(Clone, Debug, Default)]
 pub struct NodePaths {
@@ -87,17 +90,6 @@ impl NodePaths {
     }
 }
 
-/// One volumeMount with its hostPath volume.
-#[derive(Clone, Debug)]
-pub struct Mount {
-    pub host_path: String,
-    pub host_type: Option<String>,
-    pub mount_path: String,
-    pub read_only: bool,
-    /// `None`, `HostToContainer` or `Bidirectional` (Kubernetes' names).
-    pub propagation: String,
-}
-
 /// What the DaemonSet's agent container is given.
 #[derive(Clone, Debug)]
 pub struct ContainerSpec {
@@ -105,7 +97,7 @@ pub struct ContainerSpec {
     pub args: Vec<String>,
     /// Plain values; `fieldRef` values are filled in by [`PodAgent::start`].
     pub env: Vec<(String, Option<String>)>,
-    pub mounts: Vec<Mount>,
+    pub mounts: Vec<HostMount>,
     /// Capabilities the process keeps, as capsh names (`cap_sys_admin`).
     pub caps: Vec<String>,
     pub no_new_privs: bool,
@@ -154,34 +146,16 @@ pub fn all_caps() -> Vec<String> {
 }
 
 impl ContainerSpec {
-    /// The agent container (the first one) of `ds`, with its hostPath volumes.
+    /// The agent's container of `ds`, with its hostPath volumes.
     pub fn from_daemonset(ds: &DaemonSet) -> ContainerSpec {
         let pod = ds.spec.template.spec.as_ref().expect("pod spec");
-        let c = &pod.containers[0];
-        let volumes = pod.volumes.clone().unwrap_or_default();
-        let mounts = c
-            .volume_mounts
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| {
-                let v = volumes
-                    .iter()
-                    .find(|v| v.name == m.name)
-                    .unwrap_or_else(|| panic!("volumeMount {} has no volume", m.name));
-                let hp = v
-                    .host_path
-                    .as_ref()
-                    .unwrap_or_else(|| panic!("volume {} is not a hostPath", v.name));
-                Mount {
-                    host_path: hp.path.clone(),
-                    host_type: hp.type_.clone(),
-                    mount_path: m.mount_path.clone(),
-                    read_only: m.read_only == Some(true),
-                    propagation: m.mount_propagation.clone().unwrap_or_else(|| "None".into()),
-                }
-            })
-            .collect();
+        let c = agent_container(ds);
+        let mounts = host_mounts(ds);
+        assert_eq!(
+            mounts.len(),
+            c.volume_mounts.as_ref().map_or(0, Vec::len),
+            "every volume of the agent is a hostPath"
+        );
         let sc = c.security_context.clone().unwrap_or_default();
         let caps = if sc.privileged == Some(true) {
             all_caps()
@@ -313,18 +287,17 @@ impl PodAgent {
             }
         }
         for m in &spec.mounts {
-            let src = node.resolve(&m.host_path).unwrap_or_else(|| {
-                panic!(
-                    "hostPath {} has no place in this lab (NodePaths::with)",
-                    m.host_path
-                )
+            let host_path = m.host_path.display().to_string();
+            let mount_path = m.mount_path.display().to_string();
+            let src = node.resolve(&host_path).unwrap_or_else(|| {
+                panic!("hostPath {host_path} has no place in this lab (NodePaths::with)")
             });
-            let dst = if m.mount_path == m.host_path {
+            let dst = if mount_path == host_path {
                 let here = src.display().to_string();
-                rewrites.push((m.mount_path.clone(), here.clone()));
+                rewrites.push((mount_path.clone(), here.clone()));
                 here
             } else {
-                m.mount_path.clone()
+                mount_path.clone()
             };
             let is_dir = std::fs::metadata(&src)
                 .map(|md| md.is_dir())
@@ -334,8 +307,7 @@ impl PodAgent {
             }
             assert!(
                 src.exists(),
-                "hostPath {} ({}) does not exist: the kubelet would refuse the pod",
-                m.host_path,
+                "hostPath {host_path} ({}) does not exist: the kubelet would refuse the pod",
                 src.display()
             );
             if is_dir {
@@ -354,7 +326,7 @@ impl PodAgent {
             if m.read_only {
                 script += &format!("mount -o remount,bind,ro \"$R\"{}\n", sh_quote(&dst));
             }
-            let prop = match m.propagation.as_str() {
+            let prop = match m.propagation.as_deref().unwrap_or("None") {
                 "HostToContainer" => "--make-rslave",
                 "Bidirectional" => "--make-rshared",
                 _ => "--make-rprivate",
@@ -588,13 +560,6 @@ impl Drop for PodAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The DaemonSet `manifests/daemonset.yaml` ships.
-pub fn shipped_daemonset() -> DaemonSet {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/daemonset.yaml");
-    let text = std::fs::read_to_string(&p).expect("manifests/daemonset.yaml");
-    serde_yaml::from_str(&text).expect("a DaemonSet")
 }
 
 /// Capability names (capsh's) decoded from a `/proc/<pid>/status` hex mask.
