@@ -145,33 +145,14 @@ fn opaque_directories_are_judged_as_the_kernel_merges_them_under_the_daemonsets_
     let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
     agent.wait_ready();
 
+    assert_eq!(agent.metric("archwatch_overlay_xattrs_readable", &[]), 1.0);
     // Lower /app/server is runnable (amd64) or not (arm64); either way the opaque upper /app
     // hides it.
     for (pod, lower_arch) in [
         ("opaque-hides-native", "amd64"),
         ("opaque-hides-foreign", "arm64"),
     ] {
-        let tag = format!("archwatch.test/{pod}:v1");
-        import(
-            &mut ctd,
-            scratch.path(),
-            &tag,
-            &ImageSpec::new(
-                "amd64",
-                &["/app/server"],
-                vec![
-                    Layer(vec![
-                        Item::file("/bin/busybox", support::busybox("amd64"), 0o755),
-                        Item::file("/app/server", support::busybox(lower_arch), 0o755),
-                    ]),
-                    Layer(vec![
-                        Item::dir("/app"),
-                        Item::Opaque { dir: "/app".into() },
-                        Item::file("/app/README", b"replaced\n".to_vec(), 0o644),
-                    ]),
-                ],
-            ),
-        );
+        let tag = import_opaque(&mut ctd, scratch.path(), pod, lower_arch);
         let out = ctd.run(
             NS,
             &tag,
@@ -194,6 +175,82 @@ fn opaque_directories_are_judged_as_the_kernel_merges_them_under_the_daemonsets_
     }
 }
 
+/// An image whose upper layer makes /app opaque over a lower /app/server of `lower_arch`.
+fn import_opaque(
+    ctd: &mut Containerd,
+    dir: &std::path::Path,
+    pod: &str,
+    lower_arch: &str,
+) -> String {
+    let tag = format!("archwatch.test/{pod}:v1");
+    import(
+        ctd,
+        dir,
+        &tag,
+        &ImageSpec::new(
+            "amd64",
+            &["/app/server"],
+            vec![
+                Layer(vec![
+                    Item::file("/bin/busybox", support::busybox("amd64"), 0o755),
+                    Item::file("/app/server", support::busybox(lower_arch), 0o755),
+                ]),
+                Layer(vec![
+                    Item::dir("/app"),
+                    Item::Opaque { dir: "/app".into() },
+                    Item::file("/app/README", b"replaced\n".to_vec(), 0o644),
+                ]),
+            ],
+        ),
+    );
+    tag
+}
+
+/// Take SYS_ADMIN away from the DaemonSet and the agent says what it cannot see: the gauge
+/// is 0, a warning is logged, and a verdict that went through a directory that may be opaque
+/// carries the finding instead of a silent merge.
+#[test]
+fn without_sys_admin_the_daemonset_agent_says_it_cannot_see_opaque_directories() {
+    let _binfmt = support::binfmt_shared();
+    let mut ctd = Containerd::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut spec = ContainerSpec::from_daemonset(&manifests::daemonset(manifests::BASE));
+    assert!(
+        spec.caps.iter().any(|c| c == "cap_sys_admin"),
+        "the DaemonSet grants SYS_ADMIN for overlay attributes"
+    );
+    spec.caps.retain(|c| c != "cap_sys_admin");
+    let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
+    agent.wait_ready();
+    assert_eq!(agent.metric("archwatch_overlay_xattrs_readable", &[]), 0.0);
+    assert!(
+        agent.log_text().contains("SYS_ADMIN"),
+        "the warning names what to grant:\n{}",
+        agent.log_text()
+    );
+    let pod = "opaque-unseen";
+    let tag = import_opaque(&mut ctd, scratch.path(), pod, "arm64");
+    ctd.run(
+        NS,
+        &tag,
+        &support::unique(pod),
+        &labels(pod),
+        Duration::from_secs(20),
+    );
+    agent.wait_for("the diagnosis", Duration::from_secs(20), |a| {
+        failure(a, pod).is_some()
+    });
+    let d = failure(&agent, pod).unwrap();
+    let findings: Vec<&str> = d["findings"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|x| x["code"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        findings.contains(&"overlay_opaque_unknown"),
+        "the merge is reported uncertain: {d}"
+    );
+}
+
 /// containerd removes and re-creates its socket on every start. Through the socket's
 /// directory (as the DaemonSet mounts it) the agent reaches the new one by itself, after a
 /// graceful restart and after a crash, and goes on diagnosing.
@@ -205,9 +262,12 @@ fn containerd_restarts_are_followed_through_the_socket_directory() {
     let spec = ContainerSpec::from_daemonset(&manifests::daemonset(manifests::BASE));
     let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
     agent.wait_ready();
+    // The inode number may be reused; with its change time it names one file.
     let inode = |p: &std::path::Path| {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(p).map(|m| m.ino()).unwrap_or(0)
+        std::fs::metadata(p)
+            .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+            .unwrap_or_default()
     };
     for (round, graceful) in [(1, true), (2, false)] {
         let before = inode(&ctd.socket);
@@ -465,4 +525,30 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// The k3s and RKE2 renderings run as they would on those distributions: their socket
+/// directory and containerd root (here the lab's) are mounted where their args point, and the
+/// agent diagnoses through them.
+#[test]
+fn the_k3s_and_rke2_renderings_reach_their_containerd() {
+    let _binfmt = support::binfmt_shared();
+    for overlay in ["k3s", "rke2"] {
+        let mut ctd = Containerd::start();
+        let scratch = tempfile::tempdir().unwrap();
+        let spec = ContainerSpec::from_daemonset(&manifests::daemonset(overlay));
+        let address = spec.arg("address").unwrap();
+        assert!(
+            address.starts_with("/run/k3s/containerd/"),
+            "{overlay}: --address={address}"
+        );
+        let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
+        agent.wait_ready();
+        wrong_arch_is_diagnosed(
+            &mut ctd,
+            &mut agent,
+            scratch.path(),
+            &format!("on-{overlay}"),
+        );
+    }
 }
