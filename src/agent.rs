@@ -1559,8 +1559,11 @@ async fn inspect_off_runtime(
         });
     }
     let started = Instant::now();
+    // The walk itself stops at the deadline (and drops what it holds); waiting gives up a
+    // little later only if it is stuck in one system call.
+    let deadline = started + timeout;
     let job = tokio::task::spawn_blocking(move || -> Result<Inspection, inspect::InspectError> {
-        let root = Rootfs::new(layers)?;
+        let root = Rootfs::new(layers)?.with_deadline(deadline);
         let req = Request {
             argv: &process.argv,
             path_env: process.path_env.as_deref(),
@@ -1576,14 +1579,24 @@ async fn inspect_off_runtime(
             },
         )
     });
-    let r = tokio::time::timeout(timeout, job).await;
+    let r = tokio::time::timeout(timeout + Duration::from_millis(500), job).await;
     m.inspection_duration
         .get_or_create(&metrics::TargetLabels {
             target: target.into(),
         })
         .observe(started.elapsed().as_secs_f64());
+    let over_budget = || InspectFailure {
+        kind: "inspection_timeout",
+        detail: format!(
+            "the inspection took longer than {} ms (--inspect-timeout-ms)",
+            timeout.as_millis()
+        ),
+    };
     let failure = match r {
         Ok(Ok(Ok(i))) => return Ok(i),
+        Ok(Ok(Err(inspect::InspectError::Rootfs(crate::rootfs::RootfsError::Deadline)))) => {
+            over_budget()
+        }
         Ok(Ok(Err(e))) => InspectFailure {
             kind: e.kind(),
             detail: e.to_string(),
@@ -1592,13 +1605,7 @@ async fn inspect_off_runtime(
             kind: "inspection_panicked",
             detail: "the inspection panicked".into(),
         },
-        Err(_) => InspectFailure {
-            kind: "inspection_timeout",
-            detail: format!(
-                "the inspection took longer than {} ms (--inspect-timeout-ms)",
-                timeout.as_millis()
-            ),
-        },
+        Err(_) => over_budget(),
     };
     m.inspection_errors
         .get_or_create(&metrics::KindLabels {

@@ -126,6 +126,9 @@ impl std::fmt::Display for Unsure {
 #[derive(Debug)]
 pub struct Stack<L> {
     layers: L,
+    /// When set, every lookup checks it (per path component, per layer) and the walk stops
+    /// with [`RootfsError::Deadline`] past it, so a budget stops the work, not just the wait.
+    deadline: Option<std::time::Instant>,
     /// Answers taken through directories of unknown opacity, since the last
     /// [`Stack::take_unsure`].
     unsure: Mutex<Vec<Unsure>>,
@@ -251,6 +254,9 @@ pub enum RootfsError {
     },
     #[error("{path} is not a regular file")]
     NotRegular { path: String },
+    /// The inspection's time budget ran out in the middle of the walk.
+    #[error("the time budget ran out while resolving paths")]
+    Deadline,
 }
 
 impl RootfsError {
@@ -259,6 +265,7 @@ impl RootfsError {
             RootfsError::Layer { .. } => "layer_unreadable",
             RootfsError::Io { .. } => "io",
             RootfsError::NotRegular { .. } => "not_regular",
+            RootfsError::Deadline => "inspection_timeout",
         }
     }
 }
@@ -631,7 +638,21 @@ impl<L: Layers> Stack<L> {
     pub fn from_layers(layers: L) -> Stack<L> {
         Stack {
             layers,
+            deadline: None,
             unsure: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Gives the stack a deadline: lookups after it fail with [`RootfsError::Deadline`].
+    pub fn with_deadline(mut self, deadline: std::time::Instant) -> Stack<L> {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    fn check_deadline(&self) -> Result<(), RootfsError> {
+        match self.deadline {
+            Some(d) if std::time::Instant::now() > d => Err(RootfsError::Deadline),
+            _ => Ok(()),
         }
     }
 
@@ -761,6 +782,7 @@ impl<L: Layers> Stack<L> {
         // opacity could not be read: `dir` itself in an upper layer, or the merged child.
         let mut unsure: Option<(String, usize)> = None;
         for (k, &layer) in dir.layers.iter().enumerate() {
+            self.check_deadline()?;
             if k == dir.certain && unsure.is_none() {
                 unsure.clone_from(&dir.unsure_of);
             }
@@ -841,6 +863,7 @@ impl<L: Layers> Stack<L> {
         let mut processed = 0usize;
         // The last thing resolved when it is not a directory.
         while let Some(comp) = queue.pop_front() {
+            self.check_deadline()?;
             processed += 1;
             if processed > MAX_COMPONENTS {
                 return Ok(Resolved::Loop { hops });

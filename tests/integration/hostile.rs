@@ -483,6 +483,15 @@ fn a_container_that_cannot_be_judged_in_time_is_named_in_the_journal() {
         .find(|l| l["kind"] == "inspection_failed" && l["pod"] == "unjudged")
         .unwrap();
     assert_eq!(r["error_kind"], "inspection_timeout", "{r}");
+    // The budget stops the walk, not only the waiting: by the time the record is written,
+    // nothing of the snapshot is held open any more.
+    let snapshots = ctd.root().join("io.containerd.snapshotter.v1.overlayfs");
+    let held: Vec<_> = agent
+        .open_files()
+        .into_iter()
+        .filter(|p| p.starts_with(&snapshots))
+        .collect();
+    assert!(held.is_empty(), "still open after the budget: {held:?}");
     assert_eq!(r["pod_namespace"], "hostile", "{r}");
     assert_eq!(r["container"], "app", "{r}");
     assert_eq!(r["image"], "archwatch.test/unjudged:v1", "{r}");
