@@ -31,8 +31,21 @@ impl Agent {
         extra: &[&str],
         env: &[(&str, &std::path::Path)],
     ) -> Agent {
+        Agent::start_with_journal(socket, None, extra, env)
+    }
+
+    /// [`Agent::start_with_env`] writing to `journal` when given (a restarted agent reads
+    /// what the one before it wrote there).
+    pub fn start_with_journal(
+        socket: &std::path::Path,
+        journal: Option<&std::path::Path>,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
-        let journal = dir.path().join("journal.jsonl");
+        let journal = journal
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("journal.jsonl"));
         let log = dir.path().join("agent.log");
         let listen = format!("127.0.0.1:{}", free_port());
         let api_socket = dir.path().join("api.sock");
