@@ -40,6 +40,8 @@ fn diagnosis(pod: &str) -> Diagnosis {
         container: Some("app".into()),
         image: "registry.example/shop/app:1".into(),
         image_digest: None,
+        container_type: Some(archwatch::diagnose::ContainerType::Container),
+        attempt: None,
     };
     archwatch::diagnose::diagnose(
         "node-1",
