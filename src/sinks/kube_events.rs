@@ -5,7 +5,8 @@
 //!
 //! - the first occurrence of (regarded object, container, reason) is created (POST); repeats
 //!   become a series on that object (PATCH `series.count` + `lastObservedTime`), never new
-//!   objects — 200 failures of one pod are one Event;
+//!   objects — 200 failures of one pod are one Event; the object's name is stable, so after an
+//!   agent restart the create meets 409 and the series goes on from the count the object holds;
 //! - a token bucket per regarded object (burst 25, one token per 5 minutes, like client-go)
 //!   and one for the whole node keep a CrashLoopBackOff fleet from flooding the API server;
 //!   a repeat that finds no token is still counted and its count rides on the next write;
@@ -435,8 +436,18 @@ pub async fn publish(
                 series.insert(key, Series { name, count: 1 });
             }
             Err(why) if why == "conflict" => {
-                // It exists (e.g. from before a restart): this occurrence extends its series.
-                let body = serde_json::json!({"series": EventSeries { count: 2, last_observed_time: micro(spec.time) }});
+                // It exists (from before a restart): this occurrence extends its series,
+                // counted on from what the object holds.
+                let api: kube::Api<Event> = kube::Api::namespaced(client.clone(), &spec.namespace);
+                let before = match api.get(&name).await {
+                    Ok(ev) => ev.series.map(|s| s.count).unwrap_or(1),
+                    Err(e) => {
+                        debug!(error = %e, "Existing Event unreadable; its series restarts at 2.");
+                        1
+                    }
+                };
+                let n = before.saturating_add(1);
+                let body = serde_json::json!({"series": EventSeries { count: n, last_observed_time: micro(spec.time) }});
                 let n2 = name.clone();
                 let r = write(&client, &spec, &limits, &stop, |api| {
                     let body = body.clone();
@@ -457,7 +468,7 @@ pub async fn publish(
                         "failed"
                     },
                 );
-                series.insert(key, Series { name, count: 2 });
+                series.insert(key, Series { name, count: n });
             }
             Err(why) => {
                 warn!(reason = spec.reason, error = %why, "Kubernetes Event could not be created.");

@@ -554,14 +554,23 @@ fn cri_agent_restart_reports_nothing_twice() {
         "the wrong-arch image, once across both runs"
     );
     // One Event series across both runs: the restarted agent extends it.
-    // One Event object across both runs: the restarted agent writes to the same name (a
-    // real API server answers its create with 409, and it extends the series).
+    // One Event series across both runs: the restarted agent's create meets 409 on the same
+    // name, and it counts on from what the object holds.
+    agent.wait_for("the series of five", Duration::from_secs(20), || {
+        series(&api, "checkout", "ExecFormatError")
+            .first()
+            .is_some_and(|(_, p)| p.len() == 4)
+    });
     let s = series(&api, "checkout", "ExecFormatError");
     let objects: BTreeSet<&str> = s
         .iter()
         .map(|(p, _)| p.body["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(objects.len(), 1, "{objects:?}");
+    assert_eq!(s[0].1, vec![2, 3, 4, 5]);
+    let name = objects.iter().next().unwrap();
+    let stored = api.objects.lock().unwrap()[&format!("shop/{name}")].clone();
+    assert_eq!(stored["series"]["count"], 5);
     assert_eq!(failures(&agent).len(), 6);
 }
 
@@ -613,7 +622,10 @@ fn cri_containerd_restart_then_gc_leaves_nothing_behind() {
 
     // Container GC, pod removal and image GC: nothing of them stays in the agent.
     let st = status(&agent);
-    assert_eq!(st["tracked_containers"], 4, "three attempts and the web server: {st}");
+    assert_eq!(
+        st["tracked_containers"], 4,
+        "three attempts and the web server: {st}"
+    );
     lab.stop_container(&web_id);
     lab.remove_container(&web_id);
     for a in before.iter().chain([&after]) {

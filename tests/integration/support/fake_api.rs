@@ -1,6 +1,8 @@
 //! A local Kubernetes API server for Events: the real REST paths
-//! (`/apis/events.k8s.io/v1/namespaces/{ns}/events[/{name}]`, POST and PATCH), real status
-//! codes and Status bodies, scripted failures, and a log of every request.
+//! (`/apis/events.k8s.io/v1/namespaces/{ns}/events[/{name}]`, POST, GET and PATCH), real status
+//! codes and Status bodies, scripted failures, and a log of every request. It keeps what was
+//! created, as an API server does: a second POST of one name is 409 AlreadyExists, GET
+//! returns the object with the series PATCHed onto it, 404 when there is none.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -35,6 +37,24 @@ pub struct FakeApi {
     pub lean: bool,
     /// Connections accepted.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Events created, by `namespace/name`: metadata, eventTime and series.
+    pub objects: Arc<Mutex<std::collections::HashMap<String, serde_json::Value>>>,
+}
+
+/// `namespace/name` of an Event path, and whether it names one object.
+fn object_key(path: &str, body: &serde_json::Value) -> Option<(String, bool)> {
+    let p = path.split('?').next()?;
+    let rest = p.strip_prefix("/apis/events.k8s.io/v1/namespaces/")?;
+    let mut parts = rest.split('/');
+    let ns = parts.next()?;
+    parts.next().filter(|s| *s == "events")?;
+    match parts.next() {
+        Some(name) => Some((format!("{ns}/{name}"), true)),
+        None => Some((
+            format!("{ns}/{}", body["metadata"]["name"].as_str()?),
+            false,
+        )),
+    }
 }
 
 fn status_body(code: u16, reason: &str, retry: Option<u32>) -> String {
@@ -117,6 +137,10 @@ impl FakeApi {
                 received: chrono::Utc::now(),
             });
             let answer = self.script.lock().unwrap().pop_front();
+            let key = object_key(&path, &body);
+            let stored = key
+                .as_ref()
+                .and_then(|(k, _)| self.objects.lock().unwrap().get(k).cloned());
             let (code, extra, text) = match answer {
                 Some(Answer::Status(c, reason)) => (c, String::new(), status_body(c, reason, None)),
                 Some(Answer::TooMany { retry_after }) => (
@@ -124,8 +148,28 @@ impl FakeApi {
                     format!("Retry-After: {retry_after}\r\n"),
                     status_body(429, "TooManyRequests", Some(retry_after)),
                 ),
-                None if method == "POST" => (201, String::new(), body.to_string()),
+                None if method == "POST" && stored.is_some() => {
+                    (409, String::new(), status_body(409, "AlreadyExists", None))
+                }
+                None if method == "POST" => {
+                    if let Some((k, _)) = &key {
+                        let mut kept = serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": body["metadata"].clone(), "eventTime": body["eventTime"].clone()});
+                        if !body["series"].is_null() {
+                            kept["series"] = body["series"].clone();
+                        }
+                        self.objects.lock().unwrap().insert(k.clone(), kept);
+                    }
+                    (201, String::new(), body.to_string())
+                }
+                None if method == "GET" => match stored {
+                    Some(o) => (200, String::new(), o.to_string()),
+                    None => (404, String::new(), status_body(404, "NotFound", None)),
+                },
                 None => {
+                    if let (Some((k, true)), Some(mut o)) = (&key, stored) {
+                        o["series"] = body["series"].clone();
+                        self.objects.lock().unwrap().insert(k.clone(), o);
+                    }
                     // PATCH: answer with an Event carrying the merged series.
                     let name = path
                         .rsplit('/')
