@@ -1242,9 +1242,10 @@ impl Pipeline {
     /// Says which container went unjudged and why, in the log and the journal.
     fn inspection_failed(&mut self, key: &Key, f: &InspectFailure) {
         let who = match self.tracker.identity(key) {
-            Some(w) => w.clone(),
-            // The record itself was unreadable: the key is all there is.
-            None => Identity {
+            Some(w) if !w.container_id.is_empty() => w.clone(),
+            // The record itself was unreadable (gone before it could be read: a container
+            // removed that fast leaves nothing to judge it by): the key is all there is.
+            _ => Identity {
                 containerd_namespace: key.namespace.clone(),
                 container_id: key.id.clone(),
                 ..Identity::default()

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use archwatch::oci::{ImageSpec, Item, Layer};
 
 use crate::support::agent::Agent;
-use crate::support::cri::{Attempt, BackOff, Container, CriLab, Pod};
+use crate::support::cri::{Attempt, BackOff, Container, CriLab};
 use crate::support::fake_api::{self, FakeApi, Req};
 use crate::support::{self};
 
@@ -33,7 +33,7 @@ fn bb(arch: &str) -> Item {
 fn wrong_arch() -> ImageSpec {
     ImageSpec::new(
         "arm64",
-        &["/app", "true"],
+        &["/app", "sh", "-c", "serve"],
         vec![Layer(vec![Item::file(
             "/app",
             support::busybox("arm64"),
@@ -173,7 +173,7 @@ fn cri_incidents_crash_loops_and_init_containers() {
     )
     .lines()
     .count();
-    // Distinct content (two tags here share theirs), and the pause image.
+    // Distinct content (`shop/healthy` and `e2e/ok-amd64` share theirs), and the pause image.
     let images = pulled.values().collect::<BTreeSet<_>>().len() + 1;
     assert!(
         names >= 3 * (images - 1),
@@ -188,6 +188,14 @@ fn cri_incidents_crash_loops_and_init_containers() {
         agent.metric("archwatch_images_inspected", &[]) as usize,
         images,
         "one count per image, not per name"
+    );
+    assert_eq!(
+        agent.metric(
+            "archwatch_inspection_duration_seconds_count",
+            &[("target", "image")]
+        ) as usize,
+        images,
+        "one inspection per image, not per name"
     );
     let st = status(&agent);
     let listed = st["images"].as_array().unwrap();
@@ -324,21 +332,33 @@ fn cri_incidents_crash_loops_and_init_containers() {
     );
     assert_eq!(crasher.status.exit_code, 1);
 
-    // CrashLoopBackOff: 3 attempts, 10 s doubling compressed 100x, GC keeps one dead.
+    // CrashLoopBackOff: 3 attempts, back-off 10 s then 20 s, compressed 20x (the kubelet's
+    // minute of container GC does not come round within them).
     let pod = lab.run_pod("checkout", "loop");
     sandboxes.push(pod.sandbox.clone());
     let attempts = lab.crash_loop(
         &pod,
         &Container::new("app", &loop_ref),
         3,
-        BackOff::default(),
+        BackOff {
+            compression: 20,
+            keep_dead: 1,
+        },
         |_, _| {},
     );
+    let gaps: Vec<f64> = attempts
+        .windows(2)
+        .map(|w| (w[1].status.created_at - w[0].status.finished_at) as f64 / 1e9)
+        .collect();
+    assert!(
+        gaps[0] >= 0.5 && gaps[1] >= 1.0,
+        "back-off between attempts: {gaps:?}"
+    );
     // An init container, and a container from a kubelet that does not say its type.
-    let init_pod = lab.run_pod("migrations", "loop");
+    let init_pod = lab.run_pod("migrations", "boot");
     sandboxes.push(init_pod.sandbox.clone());
     let init = lab.run_attempt(&init_pod, &Container::new("migrate", &loop_ref).init(), 0);
-    let legacy_pod = lab.run_pod("legacy", "loop");
+    let legacy_pod = lab.run_pod("legacy", "boot");
     sandboxes.push(legacy_pod.sandbox.clone());
     let mut legacy_c = Container::new("old", &loop_ref);
     legacy_c.type_annotation = false;
@@ -362,8 +382,8 @@ fn cri_incidents_crash_loops_and_init_containers() {
             "archwatch_exec_failures_total",
             &[("namespace", "loop"), ("reason", "arch_mismatch")]
         ),
-        5.0,
-        "one count per attempt, plus the init and the legacy container"
+        3.0,
+        "one count per attempt"
     );
     agent.wait_for("the Event series", Duration::from_secs(20), || {
         series(&api, "checkout", "ExecFormatError")
@@ -463,11 +483,15 @@ fn cri_agent_restart_reports_nothing_twice() {
     let mut first = Some(agent(&lab, &url, Some(&journal), work.path()));
     let mut second: Option<Agent> = None;
     let mut while_away: Vec<Attempt> = Vec::new();
+    // GC keeps the last two dead attempts (it runs while the agent is away).
     let attempts = lab.crash_loop(
         &pod,
         &Container::new("app", &image),
         5,
-        BackOff::default(),
+        BackOff {
+            compression: 100,
+            keep_dead: 2,
+        },
         |lab, n| match n {
             1 => {
                 // Both attempts diagnosed, then the agent is killed (OOM, node drain).
@@ -492,6 +516,10 @@ fn cri_agent_restart_reports_nothing_twice() {
         },
     );
     let agent = second.unwrap();
+    assert!(
+        !lab.containerd_containers().contains(&attempts[0].id),
+        "container GC removed the first attempt"
+    );
     agent.wait_for("all five attempts", Duration::from_secs(20), || {
         attempts
             .iter()
@@ -649,6 +677,42 @@ fn cri_containerd_restart_then_gc_leaves_nothing_behind() {
     assert_eq!(agent.metric("archwatch_containers_emulated", &[]), 0.0);
 }
 
+/// A container created, failed and removed while the agent was starved: its record is gone
+/// before it could be read, so nothing says what it ran. It is named in the journal as
+/// `inspection_failed` (with its id), never guessed into an exec failure; the next attempt,
+/// read in time, is diagnosed.
+#[test]
+fn cri_a_container_removed_before_it_is_read_is_named_not_guessed() {
+    let _binfmt = support::binfmt_shared();
+    let work = tempfile::tempdir().unwrap();
+    let mut lab = CriLab::start();
+    let (_api, url) = FakeApi::start();
+    let image = lab.push("shop/wrong", &wrong_arch());
+    lab.pull(&image);
+    let agent = agent(&lab, &url, None, work.path());
+    let pod = lab.run_pod("checkout", "shop");
+    agent.freeze();
+    let gone = lab.run_attempt(&pod, &Container::new("app", &image), 0);
+    lab.remove_container(&gone.id);
+    agent.thaw();
+    let next = lab.run_attempt(&pod, &Container::new("app", &image), 1);
+    agent.wait_for("the next attempt", Duration::from_secs(20), || {
+        !failure_of(&agent, &next.id).is_empty()
+    });
+    let unjudged: Vec<serde_json::Value> = agent
+        .lines()
+        .into_iter()
+        .filter(|l| l["kind"] == "inspection_failed")
+        .collect();
+    assert_eq!(unjudged.len(), 1, "{unjudged:?}");
+    assert_eq!(unjudged[0]["container_id"], gone.id.as_str());
+    assert_eq!(unjudged[0]["containerd_namespace"], "k8s.io");
+    assert_eq!(unjudged[0]["error_kind"], "not_found");
+    assert!(failure_of(&agent, &gone.id).is_empty());
+    assert_eq!(failures(&agent).len(), 1);
+    assert_eq!(status(&agent)["tracked_containers"], 1);
+}
+
 /// The harness itself: the kubelet's back-off and GC.
 #[test]
 fn cri_kubelet_backoff_doubles_to_five_minutes() {
@@ -658,6 +722,7 @@ fn cri_kubelet_backoff_doubles_to_five_minutes() {
     };
     let d: Vec<u64> = (0..8).map(|n| b.delay(n).as_secs()).collect();
     assert_eq!(d, vec![10, 20, 40, 80, 160, 300, 300, 300]);
+    assert_eq!(b.gc_period(), Duration::from_secs(60));
     assert_eq!(BackOff::default().delay(0), Duration::from_millis(100));
-    let _: Option<Pod> = None;
+    assert_eq!(BackOff::default().gc_period(), Duration::from_millis(600));
 }

@@ -158,6 +158,21 @@ impl Agent {
 }
 
 impl Agent {
+    /// SIGSTOP: the agent falls behind (a starved node) until [`Agent::thaw`].
+    pub fn freeze(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONT after [`Agent::freeze`].
+    pub fn thaw(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, s: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, s).expect("signal the agent");
+    }
+
     /// SIGKILL, as the OOM killer or a node drain past its grace period would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

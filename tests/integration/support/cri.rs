@@ -11,8 +11,8 @@
 //!   (pkg/kubelet/kuberuntime/labels.go: `io.kubernetes.container.{name,hash,restartCount,
 //!   terminationMessagePath,terminationMessagePolicy,type}`, `io.kubernetes.pod.*`).
 //! - [`CriLab::crash_loop`] is the kubelet's restart loop: attempt N+1 after a back-off of
-//!   10 s doubling to 5 min (divided by a compression factor), and container GC of the dead
-//!   attempts older than the last `keep_dead`.
+//!   10 s doubling to 5 min, and its container GC (every minute, the dead attempts beyond the
+//!   newest `keep_dead` removed), all divided by one compression factor.
 //!
 //! Test-only: nothing here is in the agent binary.
 
@@ -111,11 +111,13 @@ pub struct Attempt {
     pub status: cri::ContainerStatus,
 }
 
-/// The kubelet's crash-loop back-off: 10 s doubling to 5 min, divided by `compression`.
+/// The kubelet's crash-loop back-off (10 s doubling to 5 min) and container GC (every
+/// minute), divided by `compression`.
 #[derive(Clone, Copy, Debug)]
 pub struct BackOff {
     pub compression: u32,
-    /// Dead attempts kept besides the newest (the kubelet's MaxPerPodContainer, default 1).
+    /// Dead attempts of a container that GC keeps, newest first (the kubelet's
+    /// MaxPerPodContainer: 1 by default).
     pub keep_dead: usize,
 }
 
@@ -126,6 +128,11 @@ impl BackOff {
             .saturating_mul(1u32 << n.min(5))
             .min(Duration::from_secs(300));
         full / self.compression.max(1)
+    }
+
+    /// How often container GC runs (the kubelet's ContainerGCPeriod, one minute).
+    pub fn gc_period(&self) -> Duration {
+        Duration::from_secs(60) / self.compression.max(1)
     }
 }
 
@@ -522,8 +529,9 @@ impl CriLab {
     }
 
     /// The kubelet's restart loop for a container that keeps dying: `attempts` attempts,
-    /// the back-off between them, container GC of old dead attempts. `between(n)` runs
-    /// after attempt `n` (0-based) died, before the back-off.
+    /// the back-off between them, and container GC once a period (the first a period after
+    /// the loop starts) removing the dead attempts beyond the newest `keep_dead`.
+    /// `between(n)` runs after attempt `n` (0-based) died, before the back-off.
     pub fn crash_loop(
         &mut self,
         pod: &Pod,
@@ -533,6 +541,8 @@ impl CriLab {
         mut between: impl FnMut(&mut CriLab, u32),
     ) -> Vec<Attempt> {
         let mut out: Vec<Attempt> = Vec::new();
+        let mut removed = 0;
+        let mut last_gc = Instant::now();
         for n in 0..attempts {
             let a = self.run_attempt(pod, c, n);
             assert_eq!(
@@ -542,11 +552,13 @@ impl CriLab {
                 c.name
             );
             out.push(a);
-            // Container GC: dead attempts beyond the newest `keep_dead` are removed.
-            let dead = out.len();
-            if dead > backoff.keep_dead + 1 {
-                let old = out[dead - backoff.keep_dead - 2].id.clone();
-                self.remove_container(&old);
+            if last_gc.elapsed() >= backoff.gc_period() {
+                last_gc = Instant::now();
+                while out.len() - removed > backoff.keep_dead {
+                    let old = out[removed].id.clone();
+                    self.remove_container(&old);
+                    removed += 1;
+                }
             }
             between(self, n);
             if n + 1 < attempts {
