@@ -311,11 +311,6 @@ impl Tracker {
         self.containers.get(key).map(|c| &c.who)
     }
 
-    /// Keys currently tracked.
-    pub fn keys(&self) -> Vec<Key> {
-        self.containers.keys().cloned().collect()
-    }
-
     /// After a full listing: what containerd no longer holds is forgotten (it went while
     /// the agent was away or disconnected), diagnosed or not.
     pub fn reconciled(&mut self, listed: &HashSet<Key>) {

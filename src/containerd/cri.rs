@@ -3,6 +3,15 @@
 //! without a task, whether its process ever started (its CRI status, asked over the same
 //! socket). Read-only, and only for containers the CRI plugin made (`k8s.io` namespace,
 //! `io.cri-containerd.kind=container`).
+//!
+//! Why the CRI status: the plugin deletes a task as soon as it exits and keeps the dead
+//! container, so at startup a container that ran and one whose start was refused look alike
+//! to containerd's own API — the record does not change when a task comes or goes (its
+//! `UpdatedAt` stays its `CreatedAt`, 1.6 to 2.x). The plugin's status files say it, but they
+//! live under containerd's root, which the agent does not mount; `ContainerStatus` on the
+//! socket the agent already uses gives the same (started_at 0 and reason `StartError` for a
+//! refused start; started_at, finished_at and the exit code for a process that ran). What the
+//! agent itself already reported survives in its journal (see `sinks::journal::reported`).
 
 use chrono::{DateTime, Utc};
 use containerd_client::services::v1::Container;
