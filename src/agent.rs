@@ -33,7 +33,8 @@ use crate::containerd::event::{self, Envelope, Event};
 use crate::containerd::{self, Client, ContainerdError};
 use crate::diagnose::{Diagnosis, Identity};
 use crate::inspect::{self, Finding, Inspection, Request, Verdict};
-use crate::pipeline::{Key, Process, Tracker, Windows};
+use crate::pipeline::images::{Images, Named};
+use crate::pipeline::{History, Key, Process, Tracker, Windows};
 use crate::platform::Node;
 use crate::replay::Recording;
 use crate::rootfs::Rootfs;
@@ -214,6 +215,20 @@ impl Lookup {
             Lookup::Recorded(r) => r.images.get(&(ns.to_string(), name.to_string())).cloned(),
         }
     }
+
+    /// What the CRI plugin remembers of a container of its own (a recording has none).
+    async fn cri_history(&self, ns: &str, id: &str) -> Option<History> {
+        match self {
+            Lookup::Live(c) if ns == containerd::cri::NAMESPACE => match c.cri_history(id).await {
+                Ok(h) => h,
+                Err(e) => {
+                    debug!(container = id, error = %e, "CRI status unreadable.");
+                    None
+                }
+            },
+            _ => None,
+        }
+    }
 }
 
 /// What feeds the pipeline: containerd's event stream, or a replay of one.
@@ -255,6 +270,8 @@ enum Done {
         process: Process,
         cache_key: Option<String>,
         layers: Vec<PathBuf>,
+        /// Asked at reconcile for a container without a task: what the runtime remembers.
+        history: Option<History>,
     },
     Sandbox(Key),
     ContainerInspected {
@@ -262,9 +279,17 @@ enum Done {
         cache_key: Option<String>,
         result: Result<Arc<Inspection>, InspectFailure>,
     },
+    /// An image name resolved to its target digest (`None`: gone or unreadable).
+    ImageNamed {
+        ns: String,
+        name: String,
+        digest: Option<String>,
+    },
+    /// The inspection of `expected` (through `name`) ended.
     Image {
         ns: String,
         name: String,
+        expected: String,
         outcome: ImageOutcome,
     },
 }
@@ -283,13 +308,6 @@ enum ImageOutcome {
         inspection: Arc<Inspection>,
     },
     Failed,
-}
-
-/// What the node knows about an image.
-#[derive(Clone)]
-struct ImageRecord {
-    verdict: Verdict,
-    arch_label: &'static str,
 }
 
 /// The sinks every diagnosis goes to, fed from one value.
@@ -773,10 +791,8 @@ struct Pipeline {
     client: Option<Lookup>,
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
     binfmt: watch::Receiver<Arc<Table>>,
-    images: HashMap<(String, String), ImageRecord>,
-    images_in_flight: HashSet<(String, String)>,
-    /// Digests already warned about, so a re-tag does not warn again.
-    warned: HashSet<String>,
+    /// Image verdicts by content, however many names point at it.
+    images: Images,
     /// Init processes seen starting: pid, and whether still running.
     running: HashMap<Key, (u32, bool)>,
     /// Containers counted in `containers_emulated`, with their arch label.
@@ -796,15 +812,32 @@ async fn pipeline(
     ready: Readiness,
     stop: CancellationToken,
 ) {
+    let mut tracker = Tracker::new(&cfg.node_name, cfg.windows);
+    let mut images = Images::default();
+    // What an earlier run journaled is not reported again (the journal survives restarts).
+    if let Some(path) = &cfg.journal {
+        let seen = crate::sinks::journal::reported(path, cfg.journal_max_bytes);
+        if !seen.failures.is_empty() || !seen.images.is_empty() {
+            info!(
+                failures = seen.failures.len(),
+                images = seen.images.len(),
+                "Journal read: these are not reported again."
+            );
+        }
+        tracker.already_reported(
+            seen.failures
+                .into_iter()
+                .map(|(namespace, id)| Key { namespace, id }),
+        );
+        images.already_warned(seen.images);
+    }
     let mut p = Pipeline {
-        tracker: Tracker::new(&cfg.node_name, cfg.windows),
+        tracker,
         cfg,
         client: None,
         drained: Vec::new(),
         binfmt,
-        images: HashMap::new(),
-        images_in_flight: HashSet::new(),
-        warned: HashSet::new(),
+        images,
         running: HashMap::new(),
         emulated: HashMap::new(),
         emulation_noted: HashSet::new(),
@@ -832,6 +865,7 @@ async fn pipeline(
             }
             Ok(()) = p.binfmt.changed() => p.binfmt_changed(),
         }
+        p.sinks.api.set_tracked(p.tracker.len());
         if p.jobs.is_empty() {
             for t in p.drained.drain(..) {
                 let _ = t.send(());
@@ -871,6 +905,17 @@ impl Pipeline {
 
     fn reconcile(&mut self, l: Listing) {
         let now = Utc::now();
+        // containerd 1.6 leaves container_id empty in Tasks.List; the init process's id is
+        // the container's.
+        let task_key = |ns: &str, t: &containerd_client::types::v1::Process| Key {
+            namespace: ns.to_string(),
+            id: if t.container_id.is_empty() {
+                t.id.clone()
+            } else {
+                t.container_id.clone()
+            },
+        };
+        let with_task: HashSet<Key> = l.tasks.iter().map(|(ns, t)| task_key(ns, t)).collect();
         let mut seen: HashSet<Key> = HashSet::new();
         for (ns, c) in l.containers {
             let key = Key {
@@ -879,23 +924,16 @@ impl Pipeline {
             };
             seen.insert(key.clone());
             if self.tracker.container_created(key.clone(), now) {
-                self.identify(key, Some(c), None);
+                // First seen here: without a task, only the runtime knows whether it ran.
+                let ask = !with_task.contains(&key);
+                self.identify(key, Some(c), None, ask);
             }
         }
-        for key in self.tracker.keys() {
-            if !seen.contains(&key) {
-                self.tracker.forget(&key);
-            }
-        }
+        self.tracker.reconciled(&seen);
+        self.running.retain(|k, _| seen.contains(k));
+        self.emulation_noted.retain(|k| seen.contains(k));
         for (ns, t) in l.tasks {
-            // containerd 1.6 leaves container_id empty in Tasks.List; the init process's id
-            // is the container's.
-            let id = if t.container_id.is_empty() {
-                t.id.clone()
-            } else {
-                t.container_id.clone()
-            };
-            let key = Key { namespace: ns, id };
+            let key = task_key(&ns, &t);
             match t.status {
                 TASK_STOPPED if t.exit_status != 0 => {
                     let at = event::timestamp(t.exited_at.as_ref());
@@ -916,16 +954,13 @@ impl Pipeline {
                 _ => self.tracker.task_created(&key),
             }
         }
-        let listed: HashSet<(String, String)> = l.images.iter().cloned().collect();
-        self.images.retain(|k, _| listed.contains(k));
+        for (ns, name) in self.images.reconciled(&l.images) {
+            self.inspect_image(ns, name);
+        }
+        let images = &self.images;
         self.sinks
             .api
-            .retain_images(|ns, n| listed.contains(&(ns.to_string(), n.to_string())));
-        for (ns, name) in l.images {
-            if !self.images.contains_key(&(ns.clone(), name.clone())) {
-                self.inspect_image(ns, name);
-            }
-        }
+            .retain_images(|ns, digest| images.display_name(ns, digest).is_some());
         self.update_image_gauge();
     }
 
@@ -937,23 +972,23 @@ impl Pipeline {
             id,
         };
         let diagnoses = match env.event {
-            Event::ImageCreate { name } | Event::ImageUpdate { name } => {
-                self.images.remove(&(ns.clone(), name.clone()));
+            Event::ImageCreate { name } => {
+                self.inspect_image(ns.clone(), name);
+                Vec::new()
+            }
+            Event::ImageUpdate { name } => {
+                // Labels changed, or the name points at other content now: looked up again.
                 self.inspect_image(ns.clone(), name);
                 Vec::new()
             }
             Event::ImageDelete { name } => {
-                self.sinks
-                    .api
-                    .retain_images(|n2, i2| !(n2 == ns && i2 == name));
-                self.images.remove(&(ns.clone(), name));
-                self.update_image_gauge();
+                self.image_name_gone(&ns, &name);
                 Vec::new()
             }
             Event::ContainerCreate { id, .. } => {
                 let k = key(id);
                 if self.tracker.container_created(k.clone(), at) {
-                    self.identify(k, None, None);
+                    self.identify(k, None, None, false);
                 }
                 Vec::new()
             }
@@ -973,7 +1008,7 @@ impl Pipeline {
                 let k = key(container_id);
                 self.tracker.task_created(&k);
                 if !self.tracker.knows(&k) && self.tracker.container_created(k.clone(), at) {
-                    self.identify(k, None, Some(rootfs));
+                    self.identify(k, None, Some(rootfs), false);
                 }
                 Vec::new()
             }
@@ -1009,12 +1044,14 @@ impl Pipeline {
         }
     }
 
-    /// Reads the container record (argv, identity, layers) off the pipeline.
+    /// Reads the container record (argv, identity, layers) off the pipeline; with
+    /// `ask_history`, also what the runtime remembers of a container that has no task.
     fn identify(
         &mut self,
         key: Key,
         record: Option<containerd_client::services::v1::Container>,
         rootfs: Option<Vec<containerd_client::types::Mount>>,
+        ask_history: bool,
     ) {
         let Some(client) = self.client.clone() else {
             return;
@@ -1087,6 +1124,12 @@ impl Pipeline {
                 }
             };
             let digest = client.image_digest(&key.namespace, &c.image).await;
+            let history = if ask_history && containerd::cri::is_cri_container(&c) {
+                client.cri_history(&key.namespace, &key.id).await
+            } else {
+                None
+            };
+            let meta = containerd::cri::metadata(&c);
             let label = |k: &str| c.labels.get(k).cloned();
             let who = Identity {
                 containerd_namespace: key.namespace.clone(),
@@ -1097,6 +1140,8 @@ impl Pipeline {
                 container: label("io.kubernetes.container.name"),
                 image: c.image.clone(),
                 image_digest: digest.clone(),
+                container_type: meta.container_type,
+                attempt: meta.attempt,
             };
             let process = Process {
                 argv: spec.args,
@@ -1113,6 +1158,7 @@ impl Pipeline {
                 process,
                 cache_key,
                 layers,
+                history,
             })
         });
     }
@@ -1126,8 +1172,13 @@ impl Pipeline {
                 process,
                 cache_key,
                 layers,
+                history,
             } => {
-                let (need, diagnoses) = self.tracker.identified(&key, *who, cache_key.as_deref());
+                let (need, mut diagnoses) =
+                    self.tracker.identified(&key, *who, cache_key.as_deref());
+                if let Some(h) = history {
+                    diagnoses.extend(self.tracker.history(&key, h));
+                }
                 for d in diagnoses {
                     self.sinks.exec_failure(&d);
                 }
@@ -1156,28 +1207,80 @@ impl Pipeline {
                 self.note_emulated(&key);
                 self.tracker.reap_deleted(&key);
             }
-            Done::Image { ns, name, outcome } => {
-                self.images_in_flight.remove(&(ns.clone(), name.clone()));
-                if let ImageOutcome::Verdict { digest, inspection } = outcome {
-                    self.sinks.api.set_image(&ns, &name, &digest, &inspection);
-                    let rec = ImageRecord {
-                        verdict: inspection.verdict,
-                        arch_label: inspection
-                            .binary_arch
-                            .map(|a| a.label())
-                            .unwrap_or("unknown"),
-                    };
-                    if !inspection.verdict.will_exec()
-                        || inspection.verdict == Verdict::Emulated
-                        || !inspection.findings.is_empty()
-                    {
-                        self.image_warning(&ns, &name, &digest, &inspection);
-                    }
-                    self.images.insert((ns, name), rec);
-                    self.update_image_gauge();
+            Done::ImageNamed { ns, name, digest } => {
+                let Some(digest) = digest else {
+                    self.images.unnamed(&(ns, name));
+                    return;
+                };
+                let key = (ns.clone(), name.clone());
+                if self.images.digest_of(&key).is_some_and(|d| d != digest) {
+                    // Re-pointed: the old content loses this name.
+                    self.image_name_gone(&ns, &name);
+                }
+                match self.images.named((ns.clone(), name.clone()), &digest) {
+                    Named::Known(i) => self.show_image(&ns, &digest, &i),
+                    Named::Inspect => self.spawn_image_job(ns, name, digest),
+                    Named::Wait => {}
                 }
             }
+            Done::Image {
+                ns,
+                name,
+                expected,
+                outcome,
+            } => {
+                let judged = match outcome {
+                    ImageOutcome::Verdict { digest, inspection } => Some((digest, inspection)),
+                    ImageOutcome::Failed => None,
+                };
+                let namespaces = self.images.judged(
+                    &expected,
+                    judged.as_ref().map(|(d, i)| (d.as_str(), i.clone())),
+                );
+                let Some((digest, inspection)) = judged else {
+                    return;
+                };
+                for n in &namespaces {
+                    self.show_image(n, &digest, &inspection);
+                }
+                if !inspection.verdict.will_exec()
+                    || inspection.verdict == Verdict::Emulated
+                    || !inspection.findings.is_empty()
+                {
+                    let shown = self
+                        .images
+                        .display_name(&ns, &digest)
+                        .unwrap_or_else(|| name.clone());
+                    self.image_warning(&ns, &shown, &digest, &inspection);
+                }
+                self.update_image_gauge();
+            }
         }
+    }
+
+    /// Lists `digest`'s verdict in the API under its most readable name in `ns`.
+    fn show_image(&mut self, ns: &str, digest: &str, i: &Inspection) {
+        if let Some(name) = self.images.display_name(ns, digest) {
+            self.sinks.api.set_image(ns, &name, digest, i);
+        }
+    }
+
+    /// An image name went (deleted, or re-pointed): the verdict goes with its last name.
+    fn image_name_gone(&mut self, ns: &str, name: &str) {
+        let Some(r) = self.images.removed(&(ns.to_string(), name.to_string())) else {
+            return;
+        };
+        if r.in_namespace {
+            // Listed under the name that remains.
+            if let Some(i) = self.images.verdict(&r.digest) {
+                self.show_image(ns, &r.digest, &i);
+            }
+        } else {
+            self.sinks
+                .api
+                .retain_images(|n, d| !(n == ns && d == r.digest));
+        }
+        self.update_image_gauge();
     }
 
     /// A handler came or went: cached verdicts may be wrong, and every image on the node is
@@ -1185,9 +1288,8 @@ impl Pipeline {
     /// restarts).
     fn binfmt_changed(&mut self) {
         self.tracker.clear_cache();
-        let images: Vec<(String, String)> = self.images.keys().cloned().collect();
-        for (ns, name) in images {
-            self.inspect_image(ns, name);
+        for ((ns, name), digest) in self.images.rejudge() {
+            self.spawn_image_job(ns, name, digest);
         }
     }
 
@@ -1195,9 +1297,10 @@ impl Pipeline {
     /// Says which container went unjudged and why, in the log and the journal.
     fn inspection_failed(&mut self, key: &Key, f: &InspectFailure) {
         let who = match self.tracker.identity(key) {
-            Some(w) => w.clone(),
-            // The record itself was unreadable: the key is all there is.
-            None => Identity {
+            Some(w) if !w.container_id.is_empty() => w.clone(),
+            // The record itself was unreadable (gone before it could be read: a container
+            // removed that fast leaves nothing to judge it by): the key is all there is.
+            _ => Identity {
                 containerd_namespace: key.namespace.clone(),
                 container_id: key.id.clone(),
                 ..Identity::default()
@@ -1316,7 +1419,7 @@ impl Pipeline {
     }
 
     fn image_warning(&mut self, ns: &str, name: &str, digest: &str, i: &Inspection) {
-        if !self.warned.insert(format!("{digest}\0{}", i.verdict)) {
+        if !self.images.warn_once(digest, i.verdict.code()) {
             return;
         }
         if !i.verdict.will_exec() {
@@ -1330,6 +1433,7 @@ impl Pipeline {
                 let cause = format!("Image {name} ({digest}): {}", i.cause);
                 ev.push(kube_events::for_node(
                     &node,
+                    Some(digest),
                     "IncompatibleImagePulled",
                     &cause,
                     &i.fix,
@@ -1356,13 +1460,14 @@ impl Pipeline {
         });
     }
 
+    /// One count per judged content, however many names it has.
     fn update_image_gauge(&mut self) {
         let g = &self.sinks.metrics.images_inspected;
         g.clear();
-        for r in self.images.values() {
+        for i in self.images.verdicts() {
             g.get_or_create(&metrics::ImageLabels {
-                verdict: r.verdict.code().into(),
-                binary_arch: r.arch_label.into(),
+                verdict: i.verdict.code().into(),
+                binary_arch: i.binary_arch.map(|a| a.label()).unwrap_or("unknown").into(),
             })
             .inc();
         }
@@ -1391,14 +1496,32 @@ impl Pipeline {
         });
     }
 
+    /// Resolves an image name to its target digest; the content is judged once per digest.
     fn inspect_image(&mut self, ns: String, name: String) {
         // A recording carries no image content: images are judged live only.
         let Some(Lookup::Live(client)) = self.client.clone() else {
             return;
         };
-        if !self.images_in_flight.insert((ns.clone(), name.clone())) {
+        if !self.images.want((ns.clone(), name.clone())) {
             return;
         }
+        self.jobs.spawn(async move {
+            let digest = client
+                .image(&ns, &name)
+                .await
+                .ok()
+                .and_then(|i| i.target)
+                .map(|t| t.digest);
+            Some(Done::ImageNamed { ns, name, digest })
+        });
+    }
+
+    /// Inspects the content `digest` through one of its names.
+    fn spawn_image_job(&mut self, ns: String, name: String, expected: String) {
+        let Some(Lookup::Live(client)) = self.client.clone() else {
+            self.images.judged(&expected, None);
+            return;
+        };
         let node = self.cfg.node.clone();
         let table = self.binfmt.borrow().clone();
         let timeout = self.cfg.inspect_timeout;
@@ -1407,7 +1530,12 @@ impl Pipeline {
         self.jobs.spawn(async move {
             let outcome =
                 image_job(&client, &ns, &name, &snapshotter, node, table, timeout, &m).await;
-            Some(Done::Image { ns, name, outcome })
+            Some(Done::Image {
+                ns,
+                name,
+                expected,
+                outcome,
+            })
         });
     }
 }

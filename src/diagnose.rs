@@ -26,6 +26,46 @@ pub struct Identity {
     /// Image reference as the container record names it.
     pub image: String,
     pub image_digest: Option<String>,
+    /// Which list of the pod spec the container comes from, when the kubelet says (its
+    /// `io.kubernetes.container.type` annotation); `None` when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_type: Option<ContainerType>,
+    /// The CRI attempt number: the kubelet's restart count of this container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+}
+
+/// A container's place in the pod spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerType {
+    /// `spec.initContainers`
+    Init,
+    /// `spec.containers`
+    Container,
+    /// `spec.ephemeralContainers`
+    Ephemeral,
+}
+
+impl ContainerType {
+    /// From the kubelet's annotation value (`init`, `container`, `ephemeral`).
+    pub fn from_annotation(v: &str) -> Option<ContainerType> {
+        match v {
+            "init" => Some(ContainerType::Init),
+            "container" => Some(ContainerType::Container),
+            "ephemeral" => Some(ContainerType::Ephemeral),
+            _ => None,
+        }
+    }
+
+    /// The Pod field that lists containers of this type.
+    pub fn spec_field(self) -> &'static str {
+        match self {
+            ContainerType::Init => "spec.initContainers",
+            ContainerType::Container => "spec.containers",
+            ContainerType::Ephemeral => "spec.ephemeralContainers",
+        }
+    }
 }
 
 impl Identity {

@@ -595,7 +595,7 @@ fn run_status(a: StatusArgs) -> anyhow::Result<u8> {
                 .iter()
                 .map(|i| serde_json::json!({"namespace": i.containerd_namespace, "image": i.image, "digest": i.digest, "verdict": i.verdict, "binary_arch": i.binary_arch, "cause": i.cause, "findings": i.findings}))
                 .collect();
-            println!("{}", serde_json::json!({"node": st.node, "node_arch": st.node_arch, "containerd_connected": st.containerd_connected, "ready": st.ready, "diagnoses": st.diagnoses, "version": st.version, "images": imgs}));
+            println!("{}", serde_json::json!({"node": st.node, "node_arch": st.node_arch, "containerd_connected": st.containerd_connected, "ready": st.ready, "diagnoses": st.diagnoses, "version": st.version, "tracked_containers": st.tracked_containers, "images": imgs}));
         } else {
             println!(
                 "node {} (linux/{}), archwatch {}: containerd {}, {} diagnoses",

@@ -11,9 +11,18 @@
 //! - runc refuses some failures at create time (argv[0] missing, a directory, no execute bit):
 //!   no task is ever created. A container whose verdict will not exec and that gets no task
 //!   within `create_window`, or is deleted without one, is diagnosed from that silence;
-//! - an exit that arrives before the inspection finishes waits for it.
+//! - an exit that arrives before the inspection finishes waits for it;
+//! - a failure is diagnosed once, across agent restarts: the containers the journal already
+//!   holds as `exec_failure` are handed in at start ([`Tracker::already_reported`]) and are
+//!   never diagnosed again;
+//! - a dead container first seen at reconcile has no task left to list (the CRI plugin
+//!   deletes a task right after it exits and keeps the container), so what the runtime
+//!   remembers of it ([`History`]) decides: one that started is judged from its exit, never
+//!   as `task_never_created`; one whose start failed is `task_never_created` at once.
 
-use std::collections::HashMap;
+pub mod images;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -87,6 +96,24 @@ impl Default for Windows {
     }
 }
 
+/// What the runtime remembers of a container that has no task: asked at reconcile, for a
+/// container the agent has never seen (the CRI plugin's status of it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum History {
+    /// Created, never asked to start.
+    Created,
+    /// Its process ran (and may still run).
+    Running { started_at: Option<DateTime<Utc>> },
+    /// Its process started and exited.
+    Exited {
+        started_at: Option<DateTime<Utc>>,
+        finished_at: Option<DateTime<Utc>>,
+        exit_code: u32,
+    },
+    /// The start was refused before any process existed (runc create failed).
+    StartFailed { at: Option<DateTime<Utc>> },
+}
+
 /// Bounded verdict cache size.
 const CACHE_MAX: usize = 4096;
 
@@ -95,6 +122,9 @@ pub struct Tracker {
     windows: Windows,
     containers: HashMap<Key, Container>,
     cache: HashMap<String, Arc<Inspection>>,
+    /// Containers already diagnosed by an earlier run of the agent (from its journal);
+    /// pruned as containers go.
+    reported: HashSet<Key>,
 }
 
 impl Tracker {
@@ -104,7 +134,23 @@ impl Tracker {
             windows,
             containers: HashMap::new(),
             cache: HashMap::new(),
+            reported: HashSet::new(),
         }
+    }
+
+    /// Containers an earlier run already diagnosed: never diagnosed again.
+    pub fn already_reported(&mut self, keys: impl IntoIterator<Item = Key>) {
+        for k in keys {
+            if let Some(c) = self.containers.get_mut(&k) {
+                c.diagnosed = true;
+            }
+            self.reported.insert(k);
+        }
+    }
+
+    /// How many containers an earlier run diagnosed that are still remembered.
+    pub fn reported_len(&self) -> usize {
+        self.reported.len()
     }
 
     /// Containers currently tracked.
@@ -131,6 +177,7 @@ impl Tracker {
         if self.containers.contains_key(&key) {
             return false;
         }
+        let diagnosed = self.reported.contains(&key);
         self.containers.insert(
             key,
             Container {
@@ -140,11 +187,59 @@ impl Tracker {
                 task_created: false,
                 started_at: None,
                 pending: None,
-                diagnosed: false,
+                diagnosed,
                 deleted: false,
             },
         );
         true
+    }
+
+    /// What the runtime remembers of a container first seen at reconcile with no task.
+    /// Returns any diagnosis it settles (when the verdict is already known).
+    pub fn history(&mut self, key: &Key, h: History) -> Vec<Diagnosis> {
+        let window = self.windows.exit_window;
+        let node = self.node.clone();
+        let Some(c) = self.containers.get_mut(key) else {
+            return Vec::new();
+        };
+        match h {
+            History::Created => Vec::new(),
+            History::Running { started_at } => {
+                c.task_created = true;
+                c.started_at = started_at;
+                Vec::new()
+            }
+            History::Exited {
+                started_at,
+                finished_at,
+                exit_code,
+            } => {
+                c.task_created = true;
+                c.started_at = started_at;
+                if let (Some(s), Some(f)) = (started_at, finished_at) {
+                    if f - s > window {
+                        // Ran for a while: a crash, not an exec failure.
+                        return Vec::new();
+                    }
+                }
+                let exit = Exit {
+                    signal: Signal::StoppedBeforeWatch,
+                    exit_code: Some(exit_code),
+                    started_at,
+                    exited_at: finished_at,
+                };
+                Self::decide_or_wait(&node, c, exit)
+            }
+            History::StartFailed { at } => {
+                let exit = Exit {
+                    signal: Signal::TaskNeverCreated,
+                    exit_code: None,
+                    started_at: None,
+                    exited_at: at,
+                };
+                Self::decide_or_wait(&node, c, exit)
+            }
+        }
     }
 
     /// The container's record was read: who it is and what it will run. Returns whether its
@@ -199,6 +294,7 @@ impl Tracker {
     /// Stops tracking without diagnosing (a sandbox, or gone while the agent was away).
     pub fn forget(&mut self, key: &Key) {
         self.containers.remove(key);
+        self.reported.remove(key);
     }
 
     /// Who a tracked container is and its verdict, when known.
@@ -215,9 +311,11 @@ impl Tracker {
         self.containers.get(key).map(|c| &c.who)
     }
 
-    /// Keys currently tracked.
-    pub fn keys(&self) -> Vec<Key> {
-        self.containers.keys().cloned().collect()
+    /// After a full listing: what containerd no longer holds is forgotten (it went while
+    /// the agent was away or disconnected), diagnosed or not.
+    pub fn reconciled(&mut self, listed: &HashSet<Key>) {
+        self.containers.retain(|k, _| listed.contains(k));
+        self.reported.retain(|k| listed.contains(k));
     }
 
     /// The verdict for a container arrived (or could not be had).
@@ -316,6 +414,7 @@ impl Tracker {
     /// refused at create time.
     pub fn container_deleted(&mut self, key: &Key, now: DateTime<Utc>) -> Vec<Diagnosis> {
         let node = self.node.clone();
+        self.reported.remove(key);
         let Some(mut c) = self.containers.remove(key) else {
             return Vec::new();
         };
@@ -530,5 +629,65 @@ mod tests {
         assert!(tr
             .task_stopped_before_watch(&key("a"), 1, Some(t(0)))
             .is_empty());
+    }
+
+    #[test]
+    fn a_failure_journaled_by_an_earlier_run_is_not_reported_again() {
+        let mut tr = Tracker::new("n", Windows::default());
+        tr.already_reported([key("old")]);
+        // Seen at reconcile, dead, no task left (the CRI plugin deleted it).
+        tr.container_created(key("old"), t(100));
+        tr.inspected(&key("old"), None, Some(insp(V::ArchMismatch)));
+        let h = History::Exited {
+            started_at: Some(t(0)),
+            finished_at: Some(t(0)),
+            exit_code: 1,
+        };
+        assert!(tr.history(&key("old"), h).is_empty());
+        assert!(tr.tick(t(200)).is_empty(), "nor as task_never_created");
+        // Pruned with the container.
+        tr.reconciled(&HashSet::new());
+        assert_eq!((tr.len(), tr.reported_len()), (0, 0));
+    }
+
+    #[test]
+    fn a_dead_container_first_seen_at_reconcile_is_judged_from_its_history() {
+        let mut tr = Tracker::new("n", Windows::default());
+        // It ran and exited while the agent was away: an exit, never task_never_created.
+        tr.container_created(key("ran"), t(100));
+        let h = History::Exited {
+            started_at: Some(t(1)),
+            finished_at: Some(t(1)),
+            exit_code: 1,
+        };
+        assert!(
+            tr.history(&key("ran"), h).is_empty(),
+            "waits for its verdict"
+        );
+        let d = tr.inspected(&key("ran"), None, Some(insp(V::ArchMismatch)));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].signal, Signal::StoppedBeforeWatch);
+        assert_eq!(d[0].exit_code, Some(1));
+        assert_eq!(d[0].exited_at, Some(t(1)));
+        assert!(tr.tick(t(200)).is_empty());
+
+        // Ran for an hour, then crashed: not an exec failure.
+        tr.container_created(key("long"), t(100));
+        tr.inspected(&key("long"), None, Some(insp(V::ArchMismatch)));
+        let h = History::Exited {
+            started_at: Some(t(0)),
+            finished_at: Some(t(3600)),
+            exit_code: 1,
+        };
+        assert!(tr.history(&key("long"), h).is_empty());
+        assert!(tr.tick(t(4000)).is_empty());
+
+        // Its start was refused: task_never_created at once, no window to wait.
+        tr.container_created(key("refused"), t(100));
+        tr.inspected(&key("refused"), None, Some(insp(V::NotFound)));
+        let d = tr.history(&key("refused"), History::StartFailed { at: Some(t(2)) });
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].signal, Signal::TaskNeverCreated);
+        assert!(tr.tick(t(200)).is_empty(), "once");
     }
 }

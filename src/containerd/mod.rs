@@ -2,6 +2,7 @@
 //! snapshots. The only things archwatch ever writes to containerd are a lease that expires by
 //! itself and a view snapshot under it, both removed after each inspection.
 
+pub mod cri;
 pub mod event;
 pub mod mounts;
 

@@ -1,6 +1,7 @@
 //! The agent's gRPC API on a unix socket: a stream of diagnoses (with replay of the last N
-//! from memory), the verdict of every image on the node, and status. Fed from the same
-//! `Diagnosis` values as the journal, metrics and Events.
+//! from memory), the verdict of every image on the node (one entry per content and
+//! namespace, under its most readable name), and status. Fed from the same `Diagnosis`
+//! values as the journal, metrics and Events.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ struct Ring {
 pub struct ApiState {
     ring: Mutex<Ring>,
     tx: broadcast::Sender<Arc<pb::Diagnosis>>,
+    /// By (namespace, digest).
     images: Mutex<BTreeMap<(String, String), pb::ImageVerdict>>,
     status: Mutex<pb::Status>,
 }
@@ -113,6 +115,7 @@ impl ApiState {
         lock(&self.status).diagnoses = ring.seq;
     }
 
+    /// Lists the verdict of content `digest` in `ns` under `name` (replacing its entry).
     pub fn set_image(&self, ns: &str, name: &str, digest: &str, i: &Inspection) {
         let v = pb::ImageVerdict {
             containerd_namespace: ns.into(),
@@ -130,15 +133,20 @@ impl ApiState {
             handler: i.handler.clone().unwrap_or_default(),
         };
         let mut images = lock(&self.images);
-        images.insert((ns.into(), name.into()), v);
+        images.insert((ns.into(), digest.into()), v);
         lock(&self.status).images = u32::try_from(images.len()).unwrap_or(u32::MAX);
     }
 
-    /// Keeps only the listed images.
+    /// Keeps only the images for which `keep(namespace, digest)` holds.
     pub fn retain_images(&self, keep: impl Fn(&str, &str) -> bool) {
         let mut images = lock(&self.images);
-        images.retain(|(ns, n), _| keep(ns, n));
+        images.retain(|(ns, d), _| keep(ns, d));
         lock(&self.status).images = u32::try_from(images.len()).unwrap_or(u32::MAX);
+    }
+
+    /// How many containers the pipeline tracks (what containerd holds, sandboxes aside).
+    pub fn set_tracked(&self, n: usize) {
+        lock(&self.status).tracked_containers = u32::try_from(n).unwrap_or(u32::MAX);
     }
 
     pub fn set_connected(&self, connected: bool, ready: bool) {

@@ -5,7 +5,8 @@
 //!
 //! - the first occurrence of (regarded object, container, reason) is created (POST); repeats
 //!   become a series on that object (PATCH `series.count` + `lastObservedTime`), never new
-//!   objects — 200 failures of one pod are one Event;
+//!   objects — 200 failures of one pod are one Event; the object's name is stable, so after an
+//!   agent restart the create meets 409 and the series goes on from the count the object holds;
 //! - a token bucket per regarded object (burst 25, one token per 5 minutes, like client-go)
 //!   and one for the whole node keep a CrashLoopBackOff fleet from flooding the API server;
 //!   a repeat that finds no token is still counted and its count rides on the next write;
@@ -41,6 +42,9 @@ pub const NOTE_MAX: usize = 1024;
 #[derive(Clone, Debug)]
 pub struct EventSpec {
     pub regarding: ObjectReference,
+    /// What within the regarded object the Event is about (a Pod's container, the image
+    /// digest on a Node): one series each, even where `regarding` cannot say it.
+    pub about: Option<String>,
     /// Namespace the Event object lives in (the Pod's; `default` for the Node).
     pub namespace: String,
     pub reason: &'static str,
@@ -53,11 +57,12 @@ impl EventSpec {
     fn series_key(&self) -> String {
         let r = &self.regarding;
         format!(
-            "{}/{}/{}/{}/{}",
+            "{}/{}/{}/{}/{}/{}",
             r.kind.as_deref().unwrap_or(""),
             r.namespace.as_deref().unwrap_or(""),
             r.uid.as_deref().or(r.name.as_deref()).unwrap_or(""),
             r.field_path.as_deref().unwrap_or(""),
+            self.about.as_deref().unwrap_or(""),
             self.reason
         )
     }
@@ -107,6 +112,12 @@ pub fn for_diagnosis(d: &Diagnosis) -> Option<EventSpec> {
 }
 
 /// An Event regarding the Pod of a container (CRI labels); `None` outside Kubernetes.
+///
+/// `regarding.fieldPath` names the container's place in the pod spec only when the kubelet
+/// said which list it is in (`spec.initContainers{NAME}`, `spec.containers{NAME}`,
+/// `spec.ephemeralContainers{NAME}`); kubelets that do not set
+/// `io.kubernetes.container.type` leave nothing that tells an init container from a regular
+/// one, so the field is left out rather than guessed, and the note names the container.
 pub fn for_pod(
     who: &Identity,
     reason: &'static str,
@@ -115,6 +126,14 @@ pub fn for_pod(
     time: DateTime<Utc>,
 ) -> Option<EventSpec> {
     let (name, ns) = (who.pod.clone()?, who.pod_namespace.clone()?);
+    let field_path = match (&who.container, who.container_type) {
+        (Some(c), Some(t)) => Some(format!("{}{{{c}}}", t.spec_field())),
+        _ => None,
+    };
+    let note = match (&who.container, &field_path) {
+        (Some(c), None) => self::note(&format!("Container {c}: {cause}"), fix),
+        _ => self::note(cause, fix),
+    };
     Some(EventSpec {
         regarding: ObjectReference {
             api_version: Some("v1".into()),
@@ -122,21 +141,25 @@ pub fn for_pod(
             name: Some(name),
             namespace: Some(ns.clone()),
             uid: who.pod_uid.clone(),
-            field_path: who
-                .container
-                .as_ref()
-                .map(|c| format!("spec.containers{{{c}}}")),
+            field_path,
             ..Default::default()
         },
+        about: who.container.clone(),
         namespace: ns,
         reason,
-        note: note(cause, fix),
+        note,
         time,
     })
 }
 
-/// The Node a pulled image cannot run on.
-pub fn for_node(node: &str, reason: &'static str, cause: &str, fix: &str) -> EventSpec {
+/// The Node a pulled image (`about`: its digest) cannot run on; one series per image.
+pub fn for_node(
+    node: &str,
+    about: Option<&str>,
+    reason: &'static str,
+    cause: &str,
+    fix: &str,
+) -> EventSpec {
     EventSpec {
         regarding: ObjectReference {
             api_version: Some("v1".into()),
@@ -144,6 +167,7 @@ pub fn for_node(node: &str, reason: &'static str, cause: &str, fix: &str) -> Eve
             name: Some(node.into()),
             ..Default::default()
         },
+        about: about.map(str::to_string),
         namespace: "default".into(),
         reason,
         note: note(cause, fix),
@@ -503,6 +527,20 @@ impl Publisher {
                 // It exists (from before a restart): read its count and extend it.
                 let existing = match self.read_count(spec, &name).await {
                     Ok(c) => c,
+                    // Expired between the create and the read: create it again.
+                    Err(WriteError::NotFound) => {
+                        return match self.create(spec, None).await {
+                            Ok(()) => {
+                                self.remember(key.to_string(), name, 1);
+                                Published::Counted("created")
+                            }
+                            Err(WriteError::Forbidden(why)) => Published::Forbidden(why),
+                            Err(e) => {
+                                debug!(reason = spec.reason, error = %e, "Event could not be created.");
+                                Published::Counted("failed")
+                            }
+                        };
+                    }
                     Err(WriteError::Forbidden(why)) => return Published::Forbidden(why),
                     Err(e) => {
                         debug!(reason = spec.reason, error = %e, "Existing Event unreadable.");
@@ -742,12 +780,64 @@ mod tests {
     }
 
     #[test]
+    fn field_path_follows_the_kubelets_container_type() {
+        use crate::diagnose::ContainerType;
+        let who = |t: Option<ContainerType>, c: &str| Identity {
+            pod: Some("p".into()),
+            pod_namespace: Some("shop".into()),
+            pod_uid: Some("u".into()),
+            container: Some(c.into()),
+            container_type: t,
+            ..Identity::default()
+        };
+        let spec =
+            |w: &Identity| for_pod(w, "ExecFormatError", "cause", "Fix.", Utc::now()).unwrap();
+        let init = spec(&who(Some(ContainerType::Init), "migrate"));
+        assert_eq!(
+            init.regarding.field_path.as_deref(),
+            Some("spec.initContainers{migrate}")
+        );
+        let app = spec(&who(Some(ContainerType::Container), "app"));
+        assert_eq!(
+            app.regarding.field_path.as_deref(),
+            Some("spec.containers{app}")
+        );
+        let debug = spec(&who(Some(ContainerType::Ephemeral), "dbg"));
+        assert_eq!(
+            debug.regarding.field_path.as_deref(),
+            Some("spec.ephemeralContainers{dbg}")
+        );
+        // The kubelet did not say: no guessed field path, the note names the container, and
+        // two containers of one pod stay two series.
+        let a = spec(&who(None, "a"));
+        let b = spec(&who(None, "b"));
+        assert_eq!(a.regarding.field_path, None);
+        assert!(a.note.starts_with("Container a: cause"), "{}", a.note);
+        assert_ne!(a.series_key(), b.series_key());
+        assert_ne!(a.name(), b.name());
+    }
+
+    #[test]
     fn names_are_stable_per_series() {
-        let s = for_node("node-1", "IncompatibleImagePulled", "c", "f");
+        let s = for_node(
+            "node-1",
+            Some("sha256:aa"),
+            "IncompatibleImagePulled",
+            "c",
+            "f",
+        );
         let mut other = s.clone();
         assert_eq!(s.name(), other.name());
         other.reason = "RunningUnderEmulation";
         assert_ne!(s.name(), other.name());
+        let another_image = for_node(
+            "node-1",
+            Some("sha256:bb"),
+            "IncompatibleImagePulled",
+            "c",
+            "f",
+        );
+        assert_ne!(s.name(), another_image.name(), "one series per image");
         assert!(s.name().starts_with("node-1."));
     }
 }

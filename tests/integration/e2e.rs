@@ -284,7 +284,7 @@ pub fn cases() -> Vec<Case> {
 }
 
 /// The symptom ARCHITECTURE.md lists for each verdict.
-fn symptom(verdict: &str) -> &'static str {
+pub fn symptom(verdict: &str) -> &'static str {
     match verdict {
         "arch_mismatch" | "script_no_shebang" | "unknown_format" => "exec format error",
         "not_executable" | "not_a_regular_file" => "permission denied",

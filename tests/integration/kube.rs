@@ -40,6 +40,8 @@ fn diagnosis(pod: &str) -> Diagnosis {
         container: Some("app".into()),
         image: "registry.example/shop/app:1".into(),
         image_digest: None,
+        container_type: Some(archwatch::diagnose::ContainerType::Container),
+        attempt: None,
     };
     archwatch::diagnose::diagnose(
         "node-1",
@@ -207,7 +209,8 @@ fn retries_honour_retry_after_and_errors_are_classified() {
     );
     assert_eq!(counter(&m, "created"), 1);
 
-    // 409: the object exists (an agent restart) — the occurrence extends its series.
+    // 409: the object exists (an agent restart) — the occurrence extends its series, from
+    // the count the object holds (here unreadable: 2).
     let (api, url) = FakeApi::start();
     api.script
         .lock()
@@ -220,9 +223,38 @@ fn retries_honour_retry_after_and_errors_are_classified() {
         |h| h.push(kube_events::for_diagnosis(&diagnosis("b")).unwrap()),
         Duration::from_millis(100),
     );
-    let methods: Vec<String> = api.requests().iter().map(|r| r.method.clone()).collect();
-    assert_eq!(methods, vec!["POST", "GET", "PATCH"], "read, then extended");
-    assert_eq!(counter(&m, "series_updated"), 1);
+    // The 409's object is gone by the time it is read (expired in between): created again.
+    let reqs = api.requests();
+    let methods: Vec<&str> = reqs.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, vec!["POST", "GET", "POST"]);
+    assert_eq!(counter(&m, "created"), 1);
+
+    // An agent restarted after 7 occurrences goes on at 8.
+    let (api, url) = FakeApi::start();
+    let d = diagnosis("d");
+    run(
+        &url,
+        16,
+        limits(),
+        |h| {
+            for _ in 0..7 {
+                h.push(kube_events::for_diagnosis(&d).unwrap());
+            }
+        },
+        Duration::from_millis(100),
+    );
+    run(
+        &url,
+        16,
+        limits(),
+        |h| h.push(kube_events::for_diagnosis(&d).unwrap()),
+        Duration::from_millis(100),
+    );
+    let reqs = api.requests();
+    let methods: Vec<&str> = reqs.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods[..2], ["POST", "PATCH"]);
+    assert_eq!(methods[7..], ["POST", "GET", "PATCH"], "{methods:?}");
+    assert_eq!(reqs[9].body["series"]["count"], 8);
 
     // 422: invalid — not retried.
     let (api, url) = FakeApi::start();
@@ -386,8 +418,7 @@ fn occurrences(
 }
 
 fn live_series(api: &FakeApi, pod: &str) -> Option<i64> {
-    let store = api.store.as_ref().unwrap();
-    let events = store.lock().unwrap().events();
+    let events = api.store.lock().unwrap().events();
     let ev = events.into_iter().find(|e| e["regarding"]["name"] == pod)?;
     Some(ev["series"]["count"].as_i64().unwrap_or(1))
 }

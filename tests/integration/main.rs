@@ -3,6 +3,7 @@
 mod agent;
 mod api;
 mod binfmt;
+mod cri;
 mod daemonset;
 mod demo;
 mod e2e;

@@ -31,7 +31,18 @@ impl Agent {
         extra: &[&str],
         env: &[(&str, &std::path::Path)],
     ) -> Agent {
-        Agent::launch(super::archwatch(), socket, extra, env)
+        Agent::launch(super::archwatch(), socket, None, extra, env)
+    }
+
+    /// [`Agent::start_with_env`] writing to `journal` when given (a restarted agent reads
+    /// what the one before it wrote there).
+    pub fn start_with_journal(
+        socket: &std::path::Path,
+        journal: Option<&std::path::Path>,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> Agent {
+        Agent::launch(super::archwatch(), socket, journal, extra, env)
     }
 
     /// The agent run by `wrapper` (a program and its arguments, e.g. `setpriv` dropping a
@@ -45,17 +56,20 @@ impl Agent {
         let (program, args) = wrapper.split_first().expect("a wrapper program");
         let mut cmd = std::process::Command::new(program);
         cmd.args(args).arg(env!("CARGO_BIN_EXE_archwatch"));
-        Agent::launch(cmd, socket, extra, env)
+        Agent::launch(cmd, socket, None, extra, env)
     }
 
     fn launch(
         mut cmd: std::process::Command,
         socket: &std::path::Path,
+        journal: Option<&std::path::Path>,
         extra: &[&str],
         env: &[(&str, &std::path::Path)],
     ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
-        let journal = dir.path().join("journal.jsonl");
+        let journal = journal
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("journal.jsonl"));
         let log = dir.path().join("agent.log");
         let listen = format!("127.0.0.1:{}", free_port());
         let api_socket = dir.path().join("api.sock");
@@ -183,6 +197,21 @@ impl Agent {
 }
 
 impl Agent {
+    /// SIGSTOP: the agent falls behind (a starved node) until [`Agent::thaw`].
+    pub fn freeze(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONT after [`Agent::freeze`].
+    pub fn thaw(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, s: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, s).expect("signal the agent");
+    }
+
     /// SIGKILL, as the OOM killer or a node drain past its grace period would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -1,6 +1,8 @@
 //! A local Kubernetes API server for Events: the real REST paths
-//! (`/apis/events.k8s.io/v1/namespaces/{ns}/events[/{name}]`, POST and PATCH), real status
-//! codes and Status bodies, scripted failures, and a log of every request.
+//! (`/apis/events.k8s.io/v1/namespaces/{ns}/events[/{name}]`, POST, GET and PATCH), real status
+//! codes and Status bodies, scripted failures, and a log of every request. It keeps what was
+//! created, as an API server does: a second POST of one name is 409 AlreadyExists, GET
+//! returns the object with the series PATCHed onto it, 404 when there is none.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -35,8 +37,8 @@ pub struct FakeApi {
     pub lean: bool,
     /// Connections accepted.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
-    /// When set, Events are kept as the API server keeps them (see [`Store`]).
-    pub store: Option<Arc<Mutex<Store>>>,
+    /// Events kept as the API server keeps them (see [`Store`]).
+    pub store: Arc<Mutex<Store>>,
 }
 
 /// Events as kube-apiserver keeps them: by namespace and name, each write (create or
@@ -46,6 +48,15 @@ pub struct FakeApi {
 pub struct Store {
     pub ttl: std::time::Duration,
     pub objects: std::collections::HashMap<String, (Instant, serde_json::Value)>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            ttl: std::time::Duration::from_secs(365 * 24 * 3600),
+            objects: Default::default(),
+        }
+    }
 }
 
 impl Store {
@@ -116,20 +127,26 @@ fn status_body(code: u16, reason: &str, retry: Option<u32>) -> String {
 }
 
 impl FakeApi {
+    /// Events never expire (longer than any test).
     pub fn start() -> (FakeApi, String) {
         Self::start_with(FakeApi::default())
     }
 
-    /// [`FakeApi::start`] that keeps Events like the API server does, expiring each one
-    /// `ttl` after its last write (kube-apiserver's `--event-ttl`, 1 h by default).
+    /// [`FakeApi::start`] expiring each Event `ttl` after its last write (kube-apiserver's
+    /// `--event-ttl`, 1 h by default).
     pub fn start_stateful(ttl: std::time::Duration) -> (FakeApi, String) {
-        Self::start_with(FakeApi {
-            store: Some(Arc::new(Mutex::new(Store {
-                ttl,
-                objects: Default::default(),
-            }))),
-            ..FakeApi::default()
-        })
+        let api = FakeApi::default();
+        api.store.lock().unwrap().ttl = ttl;
+        Self::start_with(api)
+    }
+
+    /// The live Event `name` in namespace `ns`.
+    pub fn object(&self, ns: &str, name: &str) -> Option<serde_json::Value> {
+        self.store
+            .lock()
+            .unwrap()
+            .live(&format!("/apis/events.k8s.io/v1/namespaces/{ns}/{name}"))
+            .cloned()
     }
 
     /// [`FakeApi::start`], keeping only `regarding.name` of each body.
@@ -206,25 +223,9 @@ impl FakeApi {
                     format!("Retry-After: {retry_after}\r\n"),
                     status_body(429, "TooManyRequests", Some(retry_after)),
                 ),
-                None if self.store.is_some() => {
-                    let store = self.store.as_ref().expect("checked");
-                    let (c, text) = store.lock().unwrap().answer(&method, &path, &body);
-                    (c, String::new(), text)
-                }
-                None if method == "POST" => (201, String::new(), body.to_string()),
                 None => {
-                    // PATCH: answer with an Event carrying the merged series.
-                    let name = path
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or("x")
-                        .split('?')
-                        .next()
-                        .unwrap_or("x")
-                        .to_string();
-                    let mut ev = serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": name}, "eventTime": "2026-11-25T00:00:00.000000Z"});
-                    ev["series"] = body["series"].clone();
-                    (200, String::new(), ev.to_string())
+                    let (c, text) = self.store.lock().unwrap().answer(&method, &path, &body);
+                    (c, String::new(), text)
                 }
             };
             let resp = format!("HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{text}", text.len());

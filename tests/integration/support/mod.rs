@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod containerd;
+pub mod cri;
 pub mod fake_api;
 pub mod manifests;
 pub mod pod;
