@@ -3,19 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use archwatch::oci::{ImageSpec, Item, Layer, Layout};
+use archwatch::oci::{ImageSpec, Item, Layer};
 
 use crate::support::{self, agent::Agent, containerd::Containerd};
 
 const NS: &str = "k8s.io";
 
-fn import(ctd: &mut Containerd, dir: &std::path::Path, tag: &str, spec: &ImageSpec) {
-    let mut l = Layout::new();
-    let m = l.add_image(spec).unwrap();
-    l.tag(tag, &m);
-    let p = dir.join(format!("{}.tar", support::unique("img")));
-    l.write_archive(&p).unwrap();
-    ctd.import(NS, &p);
+fn import(ctd: &mut Containerd, _dir: &std::path::Path, tag: &str, spec: &ImageSpec) {
+    ctd.import_spec(NS, tag, spec);
 }
 
 fn pod_labels<'a>(pod: &'a str, container: &'a str) -> Vec<(&'a str, &'a str)> {

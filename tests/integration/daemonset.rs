@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use archwatch::oci::{ImageSpec, Item, Layer, Layout};
+use archwatch::oci::{ImageSpec, Item, Layer};
 
 use crate::support::{
     self,
@@ -15,13 +15,37 @@ use crate::support::{
 
 const NS: &str = "k8s.io";
 
-fn import(ctd: &mut Containerd, dir: &std::path::Path, tag: &str, spec: &ImageSpec) {
-    let mut l = Layout::new();
-    let m = l.add_image(spec).unwrap();
-    l.tag(tag, &m);
-    let p = dir.join(format!("{}.tar", support::unique("img")));
-    l.write_archive(&p).unwrap();
-    ctd.import(NS, &p);
+fn import(ctd: &mut Containerd, _dir: &std::path::Path, tag: &str, spec: &ImageSpec) {
+    ctd.import_spec(NS, tag, spec);
+}
+
+/// Runs `tag` as pod `pod`, checks the runtime's own words, and waits for the agent's
+/// diagnosis.
+fn run_and_diagnose(
+    ctd: &mut Containerd,
+    agent: &mut PodAgent,
+    tag: &str,
+    pod: &str,
+    runtime_says: &str,
+) -> serde_json::Value {
+    let out = ctd.run(
+        NS,
+        tag,
+        &support::unique(pod),
+        &labels(pod),
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.output.contains(runtime_says),
+        "the runtime's own words on {pod}: {}",
+        out.output
+    );
+    agent.wait_for(
+        &format!("the diagnosis of {pod}"),
+        Duration::from_secs(20),
+        |a| failure(a, pod).is_some(),
+    );
+    failure(agent, pod).unwrap()
 }
 
 fn labels(pod: &str) -> Vec<(&str, &str)> {
@@ -39,6 +63,20 @@ fn labels(pod: &str) -> Vec<(&str, &str)> {
 fn node(ctd: &Containerd, scratch: &std::path::Path) -> NodePaths {
     let run_dir = ctd.socket.parent().expect("socket dir").to_path_buf();
     NodePaths::lab(&run_dir, &ctd.root(), scratch)
+}
+
+/// The shipped DaemonSet's container spec (the base rendering).
+fn shipped() -> ContainerSpec {
+    ContainerSpec::from_daemonset(&manifests::daemonset(manifests::BASE))
+}
+
+/// A lab containerd and the agent started as `spec` says, ready.
+fn start(spec: &ContainerSpec, extra: &[&str]) -> (Containerd, tempfile::TempDir, PodAgent) {
+    let ctd = Containerd::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut agent = PodAgent::start(spec, &node(&ctd, scratch.path()), extra);
+    agent.wait_ready();
+    (ctd, scratch, agent)
 }
 
 fn failure(a: &PodAgent, pod: &str) -> Option<serde_json::Value> {
@@ -74,24 +112,7 @@ fn wrong_arch_is_diagnosed(
             )])],
         ),
     );
-    let out = ctd.run(
-        NS,
-        &tag,
-        &support::unique(pod),
-        &labels(pod),
-        Duration::from_secs(20),
-    );
-    assert!(
-        out.output.contains("exec format error"),
-        "the runtime's own words: {}",
-        out.output
-    );
-    agent.wait_for(
-        &format!("the diagnosis of {pod}"),
-        Duration::from_secs(20),
-        |a| failure(a, pod).is_some(),
-    );
-    let d = failure(agent, pod).unwrap();
+    let d = run_and_diagnose(ctd, agent, &tag, pod, "exec format error");
     assert_eq!(d["verdict"], "arch_mismatch");
     assert_eq!(d["binary_arch"], "arm64");
     assert_eq!(d["pod_namespace"], "shop");
@@ -100,11 +121,8 @@ fn wrong_arch_is_diagnosed(
 #[test]
 fn the_agent_runs_with_exactly_the_daemonsets_privileges_and_diagnoses() {
     let _binfmt = support::binfmt_shared();
-    let mut ctd = Containerd::start();
-    let scratch = tempfile::tempdir().unwrap();
-    let spec = ContainerSpec::from_daemonset(&manifests::daemonset(manifests::BASE));
-    let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
-    agent.wait_ready();
+    let spec = shipped();
+    let (mut ctd, scratch, mut agent) = start(&spec, &[]);
 
     // What the kernel says the process has is what the manifest grants, nothing more.
     let eff = pod::decode_caps(&agent.status_field("CapEff").unwrap());
@@ -139,11 +157,8 @@ fn the_agent_runs_with_exactly_the_daemonsets_privileges_and_diagnoses() {
 #[test]
 fn opaque_directories_are_judged_as_the_kernel_merges_them_under_the_daemonsets_privileges() {
     let _binfmt = support::binfmt_shared();
-    let mut ctd = Containerd::start();
-    let scratch = tempfile::tempdir().unwrap();
-    let spec = ContainerSpec::from_daemonset(&manifests::daemonset(manifests::BASE));
-    let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
-    agent.wait_ready();
+    let spec = shipped();
+    let (mut ctd, scratch, mut agent) = start(&spec, &[]);
 
     assert_eq!(agent.metric("archwatch_overlay_xattrs_readable", &[]), 1.0);
     // Lower /app/server is runnable (amd64) or not (arm64); either way the opaque upper /app
@@ -153,24 +168,7 @@ fn opaque_directories_are_judged_as_the_kernel_merges_them_under_the_daemonsets_
         ("opaque-hides-foreign", "arm64"),
     ] {
         let tag = import_opaque(&mut ctd, scratch.path(), pod, lower_arch);
-        let out = ctd.run(
-            NS,
-            &tag,
-            &support::unique(pod),
-            &labels(pod),
-            Duration::from_secs(20),
-        );
-        assert!(
-            out.output.contains("no such file or directory"),
-            "runc's verdict on {pod}: {}",
-            out.output
-        );
-        agent.wait_for(
-            &format!("the diagnosis of {pod}"),
-            Duration::from_secs(20),
-            |a| failure(a, pod).is_some(),
-        );
-        let d = failure(&agent, pod).unwrap();
+        let d = run_and_diagnose(&mut ctd, &mut agent, &tag, pod, "no such file or directory");
         assert_eq!(d["verdict"], "not_found", "{pod}: {d}");
     }
 }
@@ -212,16 +210,13 @@ fn import_opaque(
 #[test]
 fn without_sys_admin_the_daemonset_agent_says_it_cannot_see_opaque_directories() {
     let _binfmt = support::binfmt_shared();
-    let mut ctd = Containerd::start();
-    let scratch = tempfile::tempdir().unwrap();
-    let mut spec = ContainerSpec::from_daemonset(&manifests::daemonset(manifests::BASE));
+    let mut spec = shipped();
     assert!(
         spec.caps.iter().any(|c| c == "cap_sys_admin"),
         "the DaemonSet grants SYS_ADMIN for overlay attributes"
     );
     spec.caps.retain(|c| c != "cap_sys_admin");
-    let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
-    agent.wait_ready();
+    let (mut ctd, scratch, mut agent) = start(&spec, &[]);
     assert_eq!(agent.metric("archwatch_overlay_xattrs_readable", &[]), 0.0);
     assert!(
         agent.log_text().contains("SYS_ADMIN"),
@@ -257,11 +252,8 @@ fn without_sys_admin_the_daemonset_agent_says_it_cannot_see_opaque_directories()
 #[test]
 fn containerd_restarts_are_followed_through_the_socket_directory() {
     let _binfmt = support::binfmt_shared();
-    let mut ctd = Containerd::start();
-    let scratch = tempfile::tempdir().unwrap();
-    let spec = ContainerSpec::from_daemonset(&manifests::daemonset(manifests::BASE));
-    let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
-    agent.wait_ready();
+    let spec = shipped();
+    let (mut ctd, scratch, mut agent) = start(&spec, &[]);
     // The inode number may be reused; with its change time it names one file.
     let inode = |p: &std::path::Path| {
         use std::os::unix::fs::MetadataExt;
@@ -534,16 +526,13 @@ fn strip_ansi(s: &str) -> String {
 fn the_k3s_and_rke2_renderings_reach_their_containerd() {
     let _binfmt = support::binfmt_shared();
     for overlay in ["k3s", "rke2"] {
-        let mut ctd = Containerd::start();
-        let scratch = tempfile::tempdir().unwrap();
         let spec = ContainerSpec::from_daemonset(&manifests::daemonset(overlay));
         let address = spec.arg("address").unwrap();
         assert!(
             address.starts_with("/run/k3s/containerd/"),
             "{overlay}: --address={address}"
         );
-        let mut agent = PodAgent::start(&spec, &node(&ctd, scratch.path()), &[]);
-        agent.wait_ready();
+        let (mut ctd, scratch, mut agent) = start(&spec, &[]);
         wrong_arch_is_diagnosed(
             &mut ctd,
             &mut agent,

@@ -417,6 +417,11 @@ fn occurrences(
     metrics
 }
 
+/// `n` occurrences of `pod`, 5 ms apart, through one publisher with [`fast`] limits.
+fn burst(url: &str, pod: &str, n: usize) -> Metrics {
+    occurrences(url, fast(), &[(pod, n, Duration::from_millis(5))], &|| true)
+}
+
 fn live_series(api: &FakeApi, pod: &str) -> Option<i64> {
     let events = api.store.lock().unwrap().events();
     let ev = events.into_iter().find(|e| e["regarding"]["name"] == pod)?;
@@ -451,12 +456,7 @@ fn events_outlive_the_api_servers_event_ttl() {
     assert_eq!(counter(&m, "failed"), 0);
     // Within the TTL, updates stay updates.
     let (api, url) = FakeApi::start_stateful(Duration::from_secs(60));
-    let m = occurrences(
-        &url,
-        fast(),
-        &[("steady", 5, Duration::from_millis(10))],
-        &|| true,
-    );
+    let m = burst(&url, "steady", 5);
     assert_eq!(live_series(&api, "steady"), Some(5));
     assert_eq!(counter(&m, "created"), 1);
     assert_eq!(counter(&m, "series_updated"), 4);
@@ -467,20 +467,10 @@ fn events_outlive_the_api_servers_event_ttl() {
 #[test]
 fn an_event_from_before_a_restart_is_extended_not_reset() {
     let (api, url) = FakeApi::start_stateful(Duration::from_secs(60));
-    occurrences(
-        &url,
-        fast(),
-        &[("again", 5, Duration::from_millis(5))],
-        &|| true,
-    );
+    burst(&url, "again", 5);
     assert_eq!(live_series(&api, "again"), Some(5));
     // A new agent process: no memory of the series.
-    let m = occurrences(
-        &url,
-        fast(),
-        &[("again", 2, Duration::from_millis(5))],
-        &|| true,
-    );
+    let m = burst(&url, "again", 2);
     assert_eq!(live_series(&api, "again"), Some(7));
     assert_eq!(counter(&m, "series_updated"), 2);
     assert_eq!(counter(&m, "created"), 0);

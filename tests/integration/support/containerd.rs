@@ -23,6 +23,16 @@ impl Containerd {
     pub fn import(&mut self, ns: &str, archive: &Path) {
         self.inner.import(ns, archive).expect("import")
     }
+    /// Builds the image `spec` as an OCI archive tagged `tag` and imports it into `ns`.
+    pub fn import_spec(&mut self, ns: &str, tag: &str, spec: &archwatch::oci::ImageSpec) {
+        let mut l = archwatch::oci::Layout::new();
+        let m = l.add_image(spec).expect("image");
+        l.tag(tag, &m);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("image.tar");
+        l.write_archive(&p).expect("archive");
+        self.import(ns, &p);
+    }
     pub fn run(
         &mut self,
         ns: &str,
