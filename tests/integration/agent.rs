@@ -25,15 +25,8 @@ fn pod_labels<'a>(pod: &'a str, container: &'a str) -> Vec<(&'a str, &'a str)> {
     ]
 }
 
-fn failures(a: &Agent) -> Vec<serde_json::Value> {
-    a.lines()
-        .into_iter()
-        .filter(|l| l["kind"] == "exec_failure")
-        .collect()
-}
-
 fn failure_for(a: &Agent, pod: &str) -> Option<serde_json::Value> {
-    failures(a).into_iter().find(|l| l["pod"] == pod)
+    a.failures().into_iter().find(|l| l["pod"] == pod)
 }
 
 #[test]
@@ -298,7 +291,8 @@ fn agent_diagnoses_real_failures_and_survives_containerd_restarts() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let journal_pods: Vec<String> = failures(&agent)
+    let journal_pods: Vec<String> = agent
+        .failures()
         .iter()
         .map(|l| l["pod"].as_str().unwrap().to_string())
         .collect();
@@ -346,7 +340,8 @@ fn agent_diagnoses_real_failures_and_survives_containerd_restarts() {
     });
 
     // Every failure exactly once.
-    let mut pods: Vec<String> = failures(&agent)
+    let mut pods: Vec<String> = agent
+        .failures()
         .iter()
         .map(|l| l["pod"].as_str().unwrap_or("").to_string())
         .collect();

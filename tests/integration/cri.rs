@@ -65,15 +65,8 @@ fn agent(lab: &CriLab, api_url: &str, journal: Option<&Path>, dir: &Path) -> Age
     a
 }
 
-fn failures(a: &Agent) -> Vec<serde_json::Value> {
-    a.lines()
-        .into_iter()
-        .filter(|l| l["kind"] == "exec_failure")
-        .collect()
-}
-
 fn failure_of(a: &Agent, id: &str) -> Vec<serde_json::Value> {
-    failures(a)
+    a.failures()
         .into_iter()
         .filter(|l| l["container_id"] == id)
         .collect()
@@ -449,7 +442,8 @@ fn cri_incidents_crash_loops_and_init_containers() {
         "every container but the sandboxes: {st}"
     );
     // Every failure exactly once.
-    let mut ids: Vec<String> = failures(&agent)
+    let mut ids: Vec<String> = agent
+        .failures()
         .iter()
         .map(|l| l["container_id"].as_str().unwrap().to_string())
         .collect();
@@ -497,7 +491,7 @@ fn cri_agent_restart_reports_nothing_twice() {
                 // Both attempts diagnosed, then the agent is killed (OOM, node drain).
                 let a = first.as_ref().unwrap();
                 a.wait_for("two attempts", Duration::from_secs(20), || {
-                    failures(a).len() == 2
+                    a.failures().len() == 2
                 });
                 first.take().unwrap().kill();
                 // While it is away: a refusal at create and a clean run.
@@ -599,7 +593,7 @@ fn cri_agent_restart_reports_nothing_twice() {
     let name = objects.iter().next().unwrap();
     let stored = api.object("shop", name).expect("the Event is stored");
     assert_eq!(stored["series"]["count"], 5);
-    assert_eq!(failures(&agent).len(), 6);
+    assert_eq!(agent.failures().len(), 6);
 }
 
 #[test]
@@ -627,7 +621,7 @@ fn cri_containerd_restart_then_gc_leaves_nothing_behind() {
         |_, _| {},
     );
     agent.wait_for("two attempts", Duration::from_secs(20), || {
-        failures(&agent).len() == 2
+        agent.failures().len() == 2
     });
 
     // containerd dies hard and comes back; the agent reconnects and goes on diagnosing.
@@ -646,7 +640,7 @@ fn cri_containerd_restart_then_gc_leaves_nothing_behind() {
     for a in before.iter().chain([&after]) {
         assert_eq!(failure_of(&agent, &a.id).len(), 1, "attempt {}", a.attempt);
     }
-    assert_eq!(failures(&agent).len(), 3);
+    assert_eq!(agent.failures().len(), 3);
 
     // Container GC, pod removal and image GC: nothing of them stays in the agent.
     let st = status(&agent);
@@ -709,7 +703,7 @@ fn cri_a_container_removed_before_it_is_read_is_named_not_guessed() {
     assert_eq!(unjudged[0]["containerd_namespace"], "k8s.io");
     assert_eq!(unjudged[0]["error_kind"], "not_found");
     assert!(failure_of(&agent, &gone.id).is_empty());
-    assert_eq!(failures(&agent).len(), 1);
+    assert_eq!(agent.failures().len(), 1);
     assert_eq!(status(&agent)["tracked_containers"], 1);
 }
 

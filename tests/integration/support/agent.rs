@@ -137,6 +137,14 @@ impl Agent {
         metric_value(&self.metrics(), name, labels)
     }
 
+    /// The journal's `exec_failure` lines.
+    pub fn failures(&self) -> Vec<serde_json::Value> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l["kind"] == "exec_failure")
+            .collect()
+    }
+
     pub fn lines(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.journal)
             .unwrap_or_default()
