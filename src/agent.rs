@@ -13,17 +13,18 @@
 //! are harmless (the tracker knows what it has seen). Inspections run on the blocking pool
 //! with a time budget each; one bad image never stalls the rest.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -34,7 +35,7 @@ use crate::containerd::{self, Client, ContainerdError};
 use crate::diagnose::{Diagnosis, Identity};
 use crate::inspect::{self, Finding, Inspection, Request, Verdict};
 use crate::pipeline::images::{Images, Named};
-use crate::pipeline::{History, Key, Process, Tracker, Windows};
+use crate::pipeline::{CacheKey, History, Key, Process, Tracker, Windows};
 use crate::platform::Node;
 use crate::replay::Recording;
 use crate::rootfs::Rootfs;
@@ -268,7 +269,7 @@ enum Done {
         key: Key,
         who: Box<Identity>,
         process: Process,
-        cache_key: Option<String>,
+        cache_key: Option<CacheKey>,
         layers: Vec<PathBuf>,
         /// Asked at reconcile for a container without a task: what the runtime remembers.
         history: Option<History>,
@@ -276,9 +277,11 @@ enum Done {
     Sandbox(Key),
     ContainerInspected {
         key: Key,
-        cache_key: Option<String>,
+        cache_key: Option<CacheKey>,
         result: Result<Arc<Inspection>, InspectFailure>,
     },
+    /// A container's job ended without an answer (it panicked).
+    Lost(Key),
     /// An image name resolved to its target digest (`None`: gone or unreadable).
     ImageNamed {
         ns: String,
@@ -300,6 +303,79 @@ struct InspectFailure {
     /// A code of `archwatch_inspection_errors_total{kind}`.
     kind: &'static str,
     detail: String,
+    /// containerd could not say (record, spec or snapshot unreadable), as opposed to files
+    /// that could not be read: the next reconcile judges the container again.
+    retry: bool,
+}
+
+impl InspectFailure {
+    fn lookup(e: &ContainerdError) -> InspectFailure {
+        InspectFailure {
+            kind: e.kind(),
+            detail: e.to_string(),
+            retry: true,
+        }
+    }
+}
+
+/// How many inspections (a container's files, or an image: its view and files) run at
+/// once: each holds open files (layer directories, the file it reads) and a blocking
+/// thread, so a reconcile of a thousand images or a binfmt change that judges them all
+/// again stays within a fixed number of open files. Images take at most
+/// [`IMAGE_INSPECTIONS`] of them, so a failing container is never queued behind every
+/// image on the node.
+const INSPECTIONS: usize = 4;
+const IMAGE_INSPECTIONS: usize = 3;
+/// How many containerd lookups for containers (record, snapshot mounts, image) and image
+/// names run at once.
+const LOOKUPS: usize = 16;
+
+/// The semaphores that bound the jobs.
+#[derive(Clone)]
+struct Bounds {
+    inspections: Arc<Semaphore>,
+    images: Arc<Semaphore>,
+    lookups: Arc<Semaphore>,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            inspections: Arc::new(Semaphore::new(INSPECTIONS)),
+            images: Arc::new(Semaphore::new(IMAGE_INSPECTIONS)),
+            lookups: Arc::new(Semaphore::new(LOOKUPS)),
+        }
+    }
+}
+
+/// Held while a job works; dropping it lets the next one start. (The semaphores are never
+/// closed, so acquiring cannot fail.)
+struct Permit {
+    _held: Vec<OwnedSemaphorePermit>,
+}
+
+impl Bounds {
+    async fn container(&self) -> Permit {
+        let any = self.inspections.clone().acquire_owned().await.ok();
+        Permit {
+            _held: any.into_iter().collect(),
+        }
+    }
+
+    async fn image(&self) -> Permit {
+        let image = self.images.clone().acquire_owned().await.ok();
+        let any = self.inspections.clone().acquire_owned().await.ok();
+        Permit {
+            _held: image.into_iter().chain(any).collect(),
+        }
+    }
+
+    async fn lookup(&self) -> Permit {
+        let one = self.lookups.clone().acquire_owned().await.ok();
+        Permit {
+            _held: one.into_iter().collect(),
+        }
+    }
 }
 
 enum ImageOutcome {
@@ -793,14 +869,9 @@ struct Pipeline {
     binfmt: watch::Receiver<Arc<Table>>,
     /// Image verdicts by content, however many names point at it.
     images: Images,
-    /// Init processes seen starting: pid, and whether still running.
-    running: HashMap<Key, (u32, bool)>,
-    /// Containers counted in `containers_emulated`, with their arch label.
-    emulated: HashMap<Key, &'static str>,
-    /// Containers already reported as running under emulation.
-    emulation_noted: HashSet<Key>,
     sinks: Sinks,
     jobs: JoinSet<Option<Done>>,
+    bounds: Bounds,
     ready: Readiness,
 }
 
@@ -838,11 +909,9 @@ async fn pipeline(
         drained: Vec::new(),
         binfmt,
         images,
-        running: HashMap::new(),
-        emulated: HashMap::new(),
-        emulation_noted: HashSet::new(),
         sinks,
         jobs: JoinSet::new(),
+        bounds: Bounds::default(),
         ready,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -862,10 +931,12 @@ async fn pipeline(
                 for d in p.tracker.tick(Utc::now()) {
                     p.sinks.exec_failure(&d);
                 }
+                p.confirm_pending_emulation();
             }
             Ok(()) = p.binfmt.changed() => p.binfmt_changed(),
         }
         p.sinks.api.set_tracked(p.tracker.len());
+        p.sync_emulated_gauge();
         if p.jobs.is_empty() {
             for t in p.drained.drain(..) {
                 let _ = t.send(());
@@ -916,22 +987,31 @@ impl Pipeline {
             },
         };
         let with_task: HashSet<Key> = l.tasks.iter().map(|(ns, t)| task_key(ns, t)).collect();
-        let mut seen: HashSet<Key> = HashSet::new();
-        for (ns, c) in l.containers {
-            let key = Key {
+        let seen: HashSet<Key> = l
+            .containers
+            .iter()
+            .map(|(ns, c)| Key {
                 namespace: ns.clone(),
                 id: c.id.clone(),
+            })
+            .collect();
+        // What went while the agent was away goes from every bit of state; what a dropped
+        // connection left unjudged is judged again.
+        let again: HashSet<Key> = self.tracker.reconciled(&seen).into_iter().collect();
+        for (ns, c) in l.containers {
+            let key = Key {
+                namespace: ns,
+                id: c.id.clone(),
             };
-            seen.insert(key.clone());
-            if self.tracker.container_created(key.clone(), now) {
-                // First seen here: without a task, only the runtime knows whether it ran.
-                let ask = !with_task.contains(&key);
+            // First seen here: without a task, only the runtime knows whether it ran.
+            let ask = !with_task.contains(&key);
+            if again.contains(&key) {
+                debug!(container = %key.id, "Judging again what a dropped connection left unjudged.");
+                self.identify(key, Some(c), None, ask);
+            } else if self.tracker.container_created(key.clone(), now) {
                 self.identify(key, Some(c), None, ask);
             }
         }
-        self.tracker.reconciled(&seen);
-        self.running.retain(|k, _| seen.contains(k));
-        self.emulation_noted.retain(|k| seen.contains(k));
         for (ns, t) in l.tasks {
             let key = task_key(&ns, &t);
             match t.status {
@@ -944,12 +1024,7 @@ impl Pipeline {
                         self.sinks.exec_failure(&d);
                     }
                 }
-                TASK_RUNNING | TASK_PAUSED => {
-                    self.tracker.task_created(&key);
-                    if t.pid != 0 {
-                        self.running.insert(key.clone(), (t.pid, true));
-                    }
-                }
+                TASK_RUNNING | TASK_PAUSED => self.tracker.task_running(&key, t.pid),
                 TASK_STOPPED => self.tracker.task_created(&key),
                 _ => self.tracker.task_created(&key),
             }
@@ -995,9 +1070,6 @@ impl Pipeline {
             Event::ContainerDelete { id } => {
                 let k = key(id);
                 self.note_emulated(&k);
-                self.task_gone(&k);
-                self.running.remove(&k);
-                self.emulation_noted.remove(&k);
                 self.tracker.container_deleted(&k, at)
             }
             Event::TaskCreate {
@@ -1014,8 +1086,7 @@ impl Pipeline {
             }
             Event::TaskStart { container_id, pid } => {
                 let k = key(container_id);
-                self.tracker.task_started(&k, at);
-                self.running.insert(k.clone(), (pid, true));
+                self.tracker.task_started(&k, at, pid);
                 self.note_emulated(&k);
                 Vec::new()
             }
@@ -1028,11 +1099,9 @@ impl Pipeline {
             } => {
                 let k = key(container_id);
                 if id == k.id {
-                    if let Some(t) = self.running.get_mut(&k) {
-                        t.1 = false;
-                    }
+                    // Not running any more: reported (if not yet) without confirmation.
+                    self.tracker.init_gone(&k);
                     self.note_emulated(&k);
-                    self.task_gone(&k);
                 }
                 self.tracker
                     .task_exited(&k, &id, exit_status, exited_at.unwrap_or(at))
@@ -1054,118 +1123,43 @@ impl Pipeline {
         ask_history: bool,
     ) {
         let Some(client) = self.client.clone() else {
+            // Judged at the next reconcile.
             return;
         };
         let errors = self.sinks.metrics.inspection_errors.clone();
+        let bounds = self.bounds.clone();
+        let job_key = key.clone();
+        self.spawn_container_job(job_key, async move {
+            let _permit = bounds.lookup().await;
+            identify_job(&client, key, record, rootfs, ask_history, &errors).await
+        });
+    }
+
+    /// Spawns a job about container `key`, marked under way in its record until it
+    /// answers; a job that panics answers [`Done::Lost`].
+    fn spawn_container_job(
+        &mut self,
+        key: Key,
+        job: impl std::future::Future<Output = Done> + Send + 'static,
+    ) {
+        self.tracker.job_started(&key);
         self.jobs.spawn(async move {
-            let c = match record {
-                Some(c) => c,
-                None => match client.container(&key.namespace, &key.id).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        errors
-                            .get_or_create(&metrics::KindLabels {
-                                kind: e.kind().into(),
-                            })
-                            .inc();
-                        debug!(container = %key.id, error = %e, "Container record unreadable.");
-                        return Some(Done::ContainerInspected {
-                            key,
-                            cache_key: None,
-                            result: Err(InspectFailure {
-                                kind: e.kind(),
-                                detail: e.to_string(),
-                            }),
-                        });
-                    }
-                },
-            };
-            if containerd::is_sandbox(&c) {
-                return Some(Done::Sandbox(key));
-            }
-            let fail = |e: ContainerdError| {
-                errors
-                    .get_or_create(&metrics::KindLabels {
-                        kind: e.kind().into(),
-                    })
-                    .inc();
-                warn!(container = %c.id, error = %e, "Container cannot be inspected.");
-                Err(InspectFailure {
-                    kind: e.kind(),
-                    detail: e.to_string(),
-                })
-            };
-            let spec = match containerd::spec_process(&c) {
-                Ok(s) => s,
-                Err(e) => {
-                    return Some(Done::ContainerInspected {
-                        key,
-                        cache_key: None,
-                        result: fail(e),
-                    });
-                }
-            };
-            let layers = match rootfs.filter(|m| !m.is_empty()) {
-                Some(m) => containerd::mounts_layers(&m),
-                None => {
-                    client
-                        .snapshot_layers(&key.namespace, &c.snapshotter, &c.snapshot_key)
-                        .await
-                }
-            };
-            let layers = match layers {
-                Ok(l) => l,
-                Err(e) => {
-                    return Some(Done::ContainerInspected {
-                        key,
-                        cache_key: None,
-                        result: fail(e),
-                    });
-                }
-            };
-            let digest = client.image_digest(&key.namespace, &c.image).await;
-            let history = if ask_history && containerd::cri::is_cri_container(&c) {
-                client.cri_history(&key.namespace, &key.id).await
-            } else {
-                None
-            };
-            let meta = containerd::cri::metadata(&c);
-            let label = |k: &str| c.labels.get(k).cloned();
-            let who = Identity {
-                containerd_namespace: key.namespace.clone(),
-                container_id: key.id.clone(),
-                pod: label("io.kubernetes.pod.name"),
-                pod_namespace: label("io.kubernetes.pod.namespace"),
-                pod_uid: label("io.kubernetes.pod.uid"),
-                container: label("io.kubernetes.container.name"),
-                image: c.image.clone(),
-                image_digest: digest.clone(),
-                container_type: meta.container_type,
-                attempt: meta.attempt,
-            };
-            let process = Process {
-                argv: spec.args,
-                path_env: spec.path_env,
-                cwd: spec.cwd,
-            };
-            // Same image content + same process = same verdict; without a digest, the
-            // snapshot key names the content.
-            let content = digest.unwrap_or_else(|| format!("{}/{}", c.snapshotter, c.snapshot_key));
-            let cache_key = Some(process.cache_key(&content));
-            Some(Done::Identified {
-                key,
-                who: Box::new(who),
-                process,
-                cache_key,
-                layers,
-                history,
-            })
+            Some(
+                AssertUnwindSafe(job)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or(Done::Lost(key)),
+            )
         });
     }
 
     fn done(&mut self, d: Done) {
         match d {
             Done::Sandbox(key) => self.tracker.forget(&key),
+            Done::Lost(key) => {
+                warn!(container = %key.id, "A job about this container ended without an answer; it is judged again at the next reconcile.");
+                self.tracker.job_lost(&key);
+            }
             Done::Identified {
                 key,
                 who,
@@ -1174,8 +1168,7 @@ impl Pipeline {
                 layers,
                 history,
             } => {
-                let (need, mut diagnoses) =
-                    self.tracker.identified(&key, *who, cache_key.as_deref());
+                let (need, mut diagnoses) = self.tracker.identified(&key, *who, cache_key.as_ref());
                 if let Some(h) = history {
                     diagnoses.extend(self.tracker.history(&key, h));
                 }
@@ -1195,13 +1188,13 @@ impl Pipeline {
                 result,
             } => {
                 let result = match result {
-                    Ok(i) => Some(i),
+                    Ok(i) => Ok(i),
                     Err(f) => {
                         self.inspection_failed(&key, &f);
-                        None
+                        Err(f.retry)
                     }
                 };
-                for d in self.tracker.inspected(&key, cache_key.as_deref(), result) {
+                for d in self.tracker.inspected(&key, cache_key.as_ref(), result) {
                     self.sinks.exec_failure(&d);
                 }
                 self.note_emulated(&key);
@@ -1230,7 +1223,9 @@ impl Pipeline {
                 outcome,
             } => {
                 let judged = match outcome {
-                    ImageOutcome::Verdict { digest, inspection } => Some((digest, inspection)),
+                    ImageOutcome::Verdict { digest, inspection } => {
+                        Some((digest, crate::pipeline::cache::capped(inspection)))
+                    }
                     ImageOutcome::Failed => None,
                 };
                 let namespaces = self.images.judged(
@@ -1325,54 +1320,23 @@ impl Pipeline {
         });
     }
 
+    /// A container that will run only under emulation: said once, when its verdict lands
+    /// and its init process started (or it was deleted); counted in `containers_emulated`
+    /// while its init process is confirmed to run under the emulator.
     fn note_emulated(&mut self, key: &Key) {
-        let Some((who, i)) = self.tracker.verdict(key) else {
+        let Some(check) = self.tracker.emulation_check(key) else {
             return;
         };
-        if i.verdict != Verdict::Emulated || self.emulation_noted.contains(key) {
-            return;
-        }
-        let who = who.clone();
-        // Confirm from the running process: under binfmt_misc its exe is the emulator.
-        let task = self.running.get(key).copied();
-        let pid = task.filter(|t| t.1).map(|t| t.0);
-        let interpreter = i.handler.as_deref().and_then(|h| {
-            self.binfmt
-                .borrow()
-                .handlers
-                .iter()
-                .find(|x| x.name == h)
-                .map(|x| x.interpreter.clone())
-        });
-        let confirmed_by = pid.and_then(|p| {
-            let exe = std::fs::read_link(self.cfg.proc_dir.join(p.to_string()).join("exe")).ok()?;
-            let exe = exe
-                .to_string_lossy()
-                .trim_end_matches(" (deleted)")
-                .to_string();
-            let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
-            let matches = interpreter
-                .as_deref()
-                .is_some_and(|int| base(int) == base(&exe))
-                || base(&exe).contains("qemu");
-            matches.then(|| format!("/proc/{p}/exe -> {exe}"))
-        });
-        if task.is_none() && self.tracker.knows(key) && !self.tracker.is_deleted(key) {
+        if check.init.is_none() && !check.deleted {
             // Not started yet: decide at /tasks/start.
             return;
         }
-        self.emulation_noted.insert(key.clone());
-        if confirmed_by.is_some() {
-            let label = i.binary_arch.map(|a| a.label()).unwrap_or("unknown");
-            self.emulated.insert(key.clone(), label);
-            self.sinks
-                .metrics
-                .containers_emulated
-                .get_or_create(&metrics::ArchLabels {
-                    binary_arch: label.into(),
-                })
-                .inc();
-        }
+        let who = check.who.clone();
+        let i = check.inspection;
+        let pid = check.init.filter(|t| t.running).map(|t| t.pid);
+        let confirmed_by = pid.and_then(|p| self.confirm_emulation(p, &i));
+        let counted = confirmed_by.is_some().then(|| emulated_label(&i));
+        self.tracker.emulation_noted(key, counted);
         info!(
             namespace = who.namespace(),
             pod = who.pod.as_deref().unwrap_or(""),
@@ -1405,16 +1369,51 @@ impl Pipeline {
         });
     }
 
-    /// The init process is gone: it no longer counts as running under emulation.
-    fn task_gone(&mut self, key: &Key) {
-        if let Some(label) = self.emulated.remove(key) {
+    /// Confirms from the running process: under binfmt_misc its exe is the emulator.
+    /// Returns what shows it.
+    fn confirm_emulation(&self, pid: u32, i: &Inspection) -> Option<String> {
+        let interpreter = i.handler.as_deref().and_then(|h| {
+            self.binfmt
+                .borrow()
+                .handlers
+                .iter()
+                .find(|x| x.name == h)
+                .map(|x| x.interpreter.clone())
+        });
+        let exe = std::fs::read_link(self.cfg.proc_dir.join(pid.to_string()).join("exe")).ok()?;
+        let exe = exe
+            .to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string();
+        let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
+        let matches = interpreter
+            .as_deref()
+            .is_some_and(|int| base(int) == base(&exe))
+            || base(&exe).contains("qemu");
+        matches.then(|| format!("/proc/{pid}/exe -> {exe}"))
+    }
+
+    /// Periodic: a container reported before its process had exec'd (its exe was still the
+    /// runtime's) is counted once the emulator shows.
+    fn confirm_pending_emulation(&mut self) {
+        for (key, pid, i) in self.tracker.unconfirmed_emulation() {
+            if self.confirm_emulation(pid, &i).is_some() {
+                self.tracker.emulation_confirmed(&key, emulated_label(&i));
+            }
+        }
+    }
+
+    /// `containers_emulated` from the records: a container that is gone counts no more,
+    /// however it went.
+    fn sync_emulated_gauge(&self) {
+        for (label, n) in self.tracker.emulated() {
             self.sinks
                 .metrics
                 .containers_emulated
                 .get_or_create(&metrics::ArchLabels {
                     binary_arch: label.into(),
                 })
-                .dec();
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
@@ -1477,22 +1476,27 @@ impl Pipeline {
         &mut self,
         key: Key,
         process: Process,
-        cache_key: Option<String>,
+        cache_key: Option<CacheKey>,
         layers: Vec<PathBuf>,
     ) {
         let node = self.cfg.node.clone();
-        let table = self.binfmt.borrow().clone();
+        let binfmt = self.binfmt.clone();
         let timeout = self.cfg.inspect_timeout;
         let m = self.sinks.metrics.clone();
-        self.jobs.spawn(async move {
+        let bounds = self.bounds.clone();
+        let job_key = key.clone();
+        self.spawn_container_job(job_key, async move {
+            let _permit = bounds.container().await;
+            // The table as it is when the inspection starts, not when it was queued.
+            let table = binfmt.borrow().clone();
             let result =
                 inspect_off_runtime(layers, process, None, node, table, timeout, &m, "container")
                     .await;
-            Some(Done::ContainerInspected {
+            Done::ContainerInspected {
                 key,
                 cache_key,
                 result: result.map(Arc::new),
-            })
+            }
         });
     }
 
@@ -1505,7 +1509,9 @@ impl Pipeline {
         if !self.images.want((ns.clone(), name.clone())) {
             return;
         }
+        let bounds = self.bounds.clone();
         self.jobs.spawn(async move {
+            let _permit = bounds.lookup().await;
             let digest = client
                 .image(&ns, &name)
                 .await
@@ -1522,14 +1528,21 @@ impl Pipeline {
             self.images.judged(&expected, None);
             return;
         };
-        let node = self.cfg.node.clone();
-        let table = self.binfmt.borrow().clone();
-        let timeout = self.cfg.inspect_timeout;
-        let snapshotter = self.cfg.snapshotter.clone();
-        let m = self.sinks.metrics.clone();
+        let job = ImageJob {
+            node: self.cfg.node.clone(),
+            binfmt: self.binfmt.clone(),
+            timeout: self.cfg.inspect_timeout,
+            snapshotter: self.cfg.snapshotter.clone(),
+            metrics: self.sinks.metrics.clone(),
+            bounds: self.bounds.clone(),
+        };
         self.jobs.spawn(async move {
-            let outcome =
-                image_job(&client, &ns, &name, &snapshotter, node, table, timeout, &m).await;
+            // A job that panics leaves the content unjudged (tried again at a reconcile),
+            // never marked as under way for ever.
+            let outcome = AssertUnwindSafe(job.run(&client, &ns, &name))
+                .catch_unwind()
+                .await
+                .unwrap_or(ImageOutcome::Failed);
             Some(Done::Image {
                 ns,
                 name,
@@ -1537,6 +1550,153 @@ impl Pipeline {
                 outcome,
             })
         });
+    }
+}
+
+/// The `binary_arch` label a container running under emulation is counted under.
+fn emulated_label(i: &Inspection) -> &'static str {
+    i.binary_arch.map(|a| a.label()).unwrap_or("unknown")
+}
+
+/// Reads a container's record (unless given), its spec, its layers and who it is.
+async fn identify_job(
+    client: &Lookup,
+    key: Key,
+    record: Option<containerd_client::services::v1::Container>,
+    rootfs: Option<Vec<containerd_client::types::Mount>>,
+    ask_history: bool,
+    errors: &prometheus_client::metrics::family::Family<
+        metrics::KindLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+) -> Done {
+    let count = |e: &ContainerdError| {
+        errors
+            .get_or_create(&metrics::KindLabels {
+                kind: e.kind().into(),
+            })
+            .inc();
+    };
+    let c = match record {
+        Some(c) => c,
+        None => match client.container(&key.namespace, &key.id).await {
+            Ok(c) => c,
+            Err(e) => {
+                count(&e);
+                debug!(container = %key.id, error = %e, "Container record unreadable.");
+                return Done::ContainerInspected {
+                    key,
+                    cache_key: None,
+                    result: Err(InspectFailure::lookup(&e)),
+                };
+            }
+        },
+    };
+    if containerd::is_sandbox(&c) {
+        return Done::Sandbox(key);
+    }
+    let fail = |e: ContainerdError| {
+        count(&e);
+        warn!(container = %c.id, error = %e, "Container cannot be inspected.");
+        Err(InspectFailure::lookup(&e))
+    };
+    let spec = match containerd::spec_process(&c) {
+        Ok(s) => s,
+        Err(e) => {
+            return Done::ContainerInspected {
+                key,
+                cache_key: None,
+                result: fail(e),
+            };
+        }
+    };
+    let layers = match rootfs.filter(|m| !m.is_empty()) {
+        Some(m) => containerd::mounts_layers(&m),
+        None => {
+            client
+                .snapshot_layers(&key.namespace, &c.snapshotter, &c.snapshot_key)
+                .await
+        }
+    };
+    let layers = match layers {
+        Ok(l) => l,
+        Err(e) => {
+            return Done::ContainerInspected {
+                key,
+                cache_key: None,
+                result: fail(e),
+            };
+        }
+    };
+    let digest = client.image_digest(&key.namespace, &c.image).await;
+    let history = if ask_history && containerd::cri::is_cri_container(&c) {
+        client.cri_history(&key.namespace, &key.id).await
+    } else {
+        None
+    };
+    let meta = containerd::cri::metadata(&c);
+    let label = |k: &str| c.labels.get(k).cloned();
+    let who = Identity {
+        containerd_namespace: key.namespace.clone(),
+        container_id: key.id.clone(),
+        pod: label("io.kubernetes.pod.name"),
+        pod_namespace: label("io.kubernetes.pod.namespace"),
+        pod_uid: label("io.kubernetes.pod.uid"),
+        container: label("io.kubernetes.container.name"),
+        image: c.image.clone(),
+        image_digest: digest.clone(),
+        container_type: meta.container_type,
+        attempt: meta.attempt,
+    };
+    let process = Process {
+        argv: spec.args,
+        path_env: spec.path_env,
+        cwd: spec.cwd,
+    };
+    // Same image content + same process = same verdict; without a digest, the snapshot key
+    // names the content.
+    let content = digest.unwrap_or_else(|| format!("{}/{}", c.snapshotter, c.snapshot_key));
+    let cache_key = Some(process.cache_key(&content));
+    Done::Identified {
+        key,
+        who: Box::new(who),
+        process,
+        cache_key,
+        layers,
+        history,
+    }
+}
+
+/// What an image inspection needs besides the client and the name.
+struct ImageJob {
+    node: Node,
+    /// Read when the inspection starts, not when it was queued.
+    binfmt: watch::Receiver<Arc<Table>>,
+    timeout: Duration,
+    snapshotter: String,
+    metrics: Metrics,
+    bounds: Bounds,
+}
+
+impl ImageJob {
+    async fn run(self, client: &Client, ns: &str, name: &str) -> ImageOutcome {
+        let mut permit = self.bounds.image().await;
+        let table = self.binfmt.borrow().clone();
+        let outcome = image_job(
+            client,
+            ns,
+            name,
+            &self.snapshotter,
+            self.node,
+            table,
+            self.timeout,
+            &self.metrics,
+            &self.bounds,
+            &mut permit,
+        )
+        .await;
+        drop(permit);
+        outcome
     }
 }
 
@@ -1550,6 +1710,8 @@ async fn image_job(
     table: Arc<Table>,
     timeout: Duration,
     m: &Metrics,
+    bounds: &Bounds,
+    permit: &mut Permit,
 ) -> ImageOutcome {
     let count = |kind: &str| {
         m.inspection_errors
@@ -1600,7 +1762,10 @@ async fn image_job(
         match client.open_view(ns, snapshotter, &chain).await {
             Ok(v) => break v,
             Err(e) if e.is_not_found() && delay < Duration::from_secs(30) => {
+                // Waiting holds no permit: another inspection goes meanwhile.
+                *permit = Permit { _held: Vec::new() };
                 tokio::time::sleep(delay).await;
+                *permit = bounds.image().await;
                 delay *= 2;
             }
             Err(e) => {
@@ -1684,6 +1849,7 @@ async fn inspect_off_runtime(
         return Err(InspectFailure {
             kind: "empty_argv",
             detail: "the process has no argv".into(),
+            retry: false,
         });
     }
     let started = Instant::now();
@@ -1719,6 +1885,7 @@ async fn inspect_off_runtime(
             "the inspection took longer than {} ms (--inspect-timeout-ms)",
             timeout.as_millis()
         ),
+        retry: false,
     };
     let failure = match r {
         Ok(Ok(Ok(i))) => return Ok(i),
@@ -1728,10 +1895,12 @@ async fn inspect_off_runtime(
         Ok(Ok(Err(e))) => InspectFailure {
             kind: e.kind(),
             detail: e.to_string(),
+            retry: false,
         },
         Ok(Err(_)) => InspectFailure {
             kind: "inspection_panicked",
             detail: "the inspection panicked".into(),
+            retry: false,
         },
         Err(_) => over_budget(),
     };
