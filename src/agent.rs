@@ -1679,49 +1679,23 @@ struct ImageJob {
 }
 
 impl ImageJob {
+    /// Resolves `name` for the node, views its snapshot and inspects it.
     async fn run(self, client: &Client, ns: &str, name: &str) -> ImageOutcome {
-        let mut permit = self.bounds.image().await;
-        let table = self.binfmt.borrow().clone();
-        let outcome = image_job(
-            client,
-            ns,
-            name,
-            &self.snapshotter,
-            self.node,
-            table,
-            self.timeout,
-            &self.metrics,
-            &self.bounds,
-            &mut permit,
-        )
-        .await;
-        drop(permit);
-        outcome
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn image_job(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    snapshotter: &str,
-    node: Node,
-    table: Arc<Table>,
-    timeout: Duration,
-    m: &Metrics,
-    bounds: &Bounds,
-    permit: &mut Permit,
-) -> ImageOutcome {
-    let count = |kind: &str| {
-        m.inspection_errors
-            .get_or_create(&metrics::KindLabels { kind: kind.into() })
-            .inc()
-    };
-    let target = match client.resolve_image(ns, name, &node).await {
-        Ok(t) => t,
-        Err(e @ ContainerdError::NoPlatform { .. }) => {
-            let inspection = Inspection {
+        let node = &self.node;
+        let m = &self.metrics;
+        let count = |kind: &str| {
+            m.inspection_errors
+                .get_or_create(&metrics::KindLabels { kind: kind.into() })
+                .inc()
+        };
+        let resolved = {
+            let _lookup = self.bounds.lookup().await;
+            client.resolve_image(ns, name, node).await
+        };
+        let target = match resolved {
+            Ok(t) => t,
+            Err(e @ ContainerdError::NoPlatform { .. }) => {
+                let inspection = Inspection {
                 verdict: Verdict::ArchMismatch,
                 cause: format!("{e}: this node cannot pull or run it"),
                 fix: format!("Publish the image as a multi-arch index that includes linux/{} (docker buildx build --platform ...).", node.arch),
@@ -1734,58 +1708,61 @@ async fn image_job(
                 findings: vec![Finding { code: "index_lacks_node_platform", detail: e.to_string() }],
                 bytes_read: 0,
             };
-            let digest = client
-                .image(ns, name)
-                .await
-                .ok()
-                .and_then(|i| i.target)
-                .map(|t| t.digest)
-                .unwrap_or_default();
-            return ImageOutcome::Verdict {
-                digest,
-                inspection: Arc::new(inspection),
-            };
-        }
-        Err(e) => {
-            count(e.kind());
-            debug!(image = name, error = %e, "Image cannot be resolved.");
-            return ImageOutcome::Failed;
-        }
-    };
-    let Some(chain) = target.config.chain_id() else {
-        count("image_no_layers");
-        return ImageOutcome::Failed;
-    };
-    // /images/create comes before the unpack: wait for the snapshot to exist.
-    let mut delay = Duration::from_millis(200);
-    let view = loop {
-        match client.open_view(ns, snapshotter, &chain).await {
-            Ok(v) => break v,
-            Err(e) if e.is_not_found() && delay < Duration::from_secs(30) => {
-                // Waiting holds no permit: another inspection goes meanwhile.
-                *permit = Permit { _held: Vec::new() };
-                tokio::time::sleep(delay).await;
-                *permit = bounds.image().await;
-                delay *= 2;
+                let digest = client
+                    .image(ns, name)
+                    .await
+                    .ok()
+                    .and_then(|i| i.target)
+                    .map(|t| t.digest)
+                    .unwrap_or_default();
+                return ImageOutcome::Verdict {
+                    digest,
+                    inspection: Arc::new(inspection),
+                };
             }
             Err(e) => {
                 count(e.kind());
-                debug!(image = name, error = %e, "Image snapshot cannot be viewed.");
+                debug!(image = name, error = %e, "Image cannot be resolved.");
                 return ImageOutcome::Failed;
             }
-        }
-    };
-    let process = Process {
-        argv: target.config.argv(),
-        path_env: target.config.path_env(),
-        cwd: target.config.cwd(),
-    };
-    let mut findings = Vec::new();
-    let config_arch = target.config.arch();
-    if target.index_platforms.is_empty()
-        && config_arch.is_some_and(|a| node.nativity(a) != crate::platform::Nativity::Native)
-    {
-        findings.push(Finding {
+        };
+        let Some(chain) = target.config.chain_id() else {
+            count("image_no_layers");
+            return ImageOutcome::Failed;
+        };
+        // From the view to its removal, the job holds a view in containerd and open files: at
+        // most a few such jobs run at once.
+        let mut permit = self.bounds.image().await;
+        // /images/create comes before the unpack: wait for the snapshot to exist.
+        let mut delay = Duration::from_millis(200);
+        let view = loop {
+            match client.open_view(ns, &self.snapshotter, &chain).await {
+                Ok(v) => break v,
+                Err(e) if e.is_not_found() && delay < Duration::from_secs(30) => {
+                    // Waiting holds no permit: another inspection goes meanwhile.
+                    drop(permit);
+                    tokio::time::sleep(delay).await;
+                    permit = self.bounds.image().await;
+                    delay *= 2;
+                }
+                Err(e) => {
+                    count(e.kind());
+                    debug!(image = name, error = %e, "Image snapshot cannot be viewed.");
+                    return ImageOutcome::Failed;
+                }
+            }
+        };
+        let process = Process {
+            argv: target.config.argv(),
+            path_env: target.config.path_env(),
+            cwd: target.config.cwd(),
+        };
+        let mut findings = Vec::new();
+        let config_arch = target.config.arch();
+        if target.index_platforms.is_empty()
+            && config_arch.is_some_and(|a| node.nativity(a) != crate::platform::Nativity::Native)
+        {
+            findings.push(Finding {
             code: "single_arch_image",
             detail: format!(
                 "{name} points to a single linux/{} image, not a multi-arch index; deploy by the digest of an index that includes linux/{}",
@@ -1793,37 +1770,41 @@ async fn image_job(
                 node.arch
             ),
         });
-    }
-    let claimed = target.config.arch();
-    let result = inspect_off_runtime(
-        view.layers.clone(),
-        process,
-        claimed,
-        node,
-        table,
-        timeout,
-        m,
-        "image",
-    )
-    .await;
-    client.close_view(view).await;
-    match result {
-        Ok(mut i) => {
-            i.findings.append(&mut findings);
-            ImageOutcome::Verdict {
-                digest: target.target_digest,
-                inspection: Arc::new(i),
-            }
         }
-        Err(f) => {
-            warn!(
-                namespace = ns,
-                image = name,
-                error_kind = f.kind,
-                "Pulled image could not be inspected: {}",
-                f.detail
-            );
-            ImageOutcome::Failed
+        let claimed = target.config.arch();
+        // The table as it is when the inspection starts, not when it was queued.
+        let table = self.binfmt.borrow().clone();
+        let result = inspect_off_runtime(
+            view.layers.clone(),
+            process,
+            claimed,
+            node.clone(),
+            table,
+            self.timeout,
+            m,
+            "image",
+        )
+        .await;
+        client.close_view(view).await;
+        drop(permit);
+        match result {
+            Ok(mut i) => {
+                i.findings.append(&mut findings);
+                ImageOutcome::Verdict {
+                    digest: target.target_digest,
+                    inspection: Arc::new(i),
+                }
+            }
+            Err(f) => {
+                warn!(
+                    namespace = ns,
+                    image = name,
+                    error_kind = f.kind,
+                    "Pulled image could not be inspected: {}",
+                    f.detail
+                );
+                ImageOutcome::Failed
+            }
         }
     }
 }
