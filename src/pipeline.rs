@@ -118,9 +118,10 @@ pub struct Tracker {
     windows: Windows,
     store: Store,
     cache: VerdictCache,
-    /// Containers an earlier run already diagnosed (from its journal): applied to the
-    /// records of the first listing, then dropped (every container the journal can name
-    /// existed before this run, so the first listing holds all that are left).
+    /// Containers an earlier run already diagnosed (from its journal) that have no record
+    /// yet: each goes into its record when that is created, and a reconcile drops those
+    /// containerd does not list (every container the journal can name existed before this
+    /// run, so after the first listing none is left here).
     reported: HashSet<Key>,
 }
 
@@ -138,15 +139,17 @@ impl Tracker {
     /// Containers an earlier run already diagnosed: never diagnosed again.
     pub fn already_reported(&mut self, keys: impl IntoIterator<Item = Key>) {
         for k in keys {
-            if let Some(c) = self.store.get_mut(&k) {
-                c.diagnosed = true;
+            match self.store.get_mut(&k) {
+                Some(c) => c.diagnosed = true,
+                None => {
+                    self.reported.insert(k);
+                }
             }
-            self.reported.insert(k);
         }
     }
 
-    /// How many containers an earlier run diagnosed that are still remembered apart from
-    /// the records (none after the first reconcile).
+    /// How many containers an earlier run diagnosed are remembered apart from the records
+    /// (none after the first reconcile).
     pub fn reported_len(&self) -> usize {
         self.reported.len()
     }
@@ -185,7 +188,7 @@ impl Tracker {
         if self.store.contains(&key) {
             return false;
         }
-        let diagnosed = self.reported.contains(&key);
+        let diagnosed = self.reported.remove(&key);
         self.store.insert(key, Record::new(now, diagnosed))
     }
 
@@ -329,7 +332,7 @@ impl Tracker {
     /// so that an exit listed now waits for that verdict).
     pub fn reconciled(&mut self, listed: &HashSet<Key>) -> Vec<Key> {
         self.store.retain(|k, _| listed.contains(k));
-        self.reported.clear();
+        self.reported.retain(|k| listed.contains(k));
         let mut again = Vec::new();
         for (k, c) in self.store.iter() {
             let unjudged = match c.judgement {
@@ -919,5 +922,22 @@ mod tests {
         let (_, kept) = tr.verdict(&key("a")).unwrap();
         assert!(kept.argv.iter().map(String::len).sum::<usize>() <= 1024);
         assert!(Arc::ptr_eq(&kept, &tr.cached(&k).unwrap()), "one copy");
+    }
+
+    #[test]
+    fn what_an_earlier_run_reported_survives_the_prune_before_the_records_are_made() {
+        // The agent prunes first and creates the records of the listing after.
+        let mut tr = Tracker::new("n", Windows::default());
+        tr.already_reported([key("old"), key("gone")]);
+        assert!(tr
+            .reconciled(&HashSet::from([key("old"), key("new")]))
+            .is_empty());
+        assert_eq!(tr.reported_len(), 1, "only what is listed is kept");
+        tr.container_created(key("old"), t(100));
+        assert_eq!(tr.reported_len(), 0, "it went into the record");
+        tr.inspected(&key("old"), None, Ok(insp(V::ArchMismatch)));
+        assert!(tr
+            .task_stopped_before_watch(&key("old"), 1, Some(t(0)))
+            .is_empty());
     }
 }
