@@ -10,21 +10,25 @@
 //! ```
 //!
 //! The watcher subscribes first and lists second, so nothing falls in the gap; duplicates
-//! are harmless (the tracker knows what it has seen). Inspections run on the blocking pool
-//! with a time budget each; one bad image never stalls the rest.
+//! are harmless (the tracker knows what it has seen). Everything known of a container is one
+//! record in the tracker's store: a reconcile prunes what containerd no longer lists from
+//! every bit of state and every gauge, and judges again, once, what a dropped connection
+//! left unjudged. Jobs (`jobs`) are bounded: a few inspections at once, each on the
+//! blocking pool with a time budget; one bad image never stalls the rest. Containers that
+//! run under emulation: `emulation`.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -33,17 +37,23 @@ use crate::binfmt::Table;
 use crate::containerd::event::{self, Envelope, Event};
 use crate::containerd::{self, Client, ContainerdError};
 use crate::diagnose::{Diagnosis, Identity};
-use crate::inspect::{self, Finding, Inspection, Request, Verdict};
+use crate::inspect::{Finding, Inspection, Verdict};
 use crate::pipeline::images::{Images, Named};
 use crate::pipeline::{CacheKey, History, Key, Process, Tracker, Windows};
 use crate::platform::Node;
 use crate::replay::Recording;
-use crate::rootfs::Rootfs;
 use crate::sinks::api::{self, ApiState};
 use crate::sinks::http::{self, Liveness, Readiness};
 use crate::sinks::journal::Journal;
 use crate::sinks::kube_events;
 use crate::sinks::metrics::{self, Metrics};
+
+mod emulation;
+mod jobs;
+
+use jobs::{
+    identify_job, inspect_off_runtime, Bounds, Done, ImageJob, ImageOutcome, InspectFailure,
+};
 
 /// Everything the agent is told on the command line.
 #[derive(Clone, Debug)]
@@ -261,129 +271,6 @@ struct Listing {
     images: Vec<(String, String)>,
     containers: Vec<(String, containerd_client::services::v1::Container)>,
     tasks: Vec<(String, containerd_client::types::v1::Process)>,
-}
-
-/// What a job reports back.
-enum Done {
-    Identified {
-        key: Key,
-        who: Box<Identity>,
-        process: Process,
-        cache_key: Option<CacheKey>,
-        layers: Vec<PathBuf>,
-        /// Asked at reconcile for a container without a task: what the runtime remembers.
-        history: Option<History>,
-    },
-    Sandbox(Key),
-    ContainerInspected {
-        key: Key,
-        cache_key: Option<CacheKey>,
-        result: Result<Arc<Inspection>, InspectFailure>,
-    },
-    /// A container's job ended without an answer (it panicked).
-    Lost(Key),
-    /// An image name resolved to its target digest (`None`: gone or unreadable).
-    ImageNamed {
-        ns: String,
-        name: String,
-        digest: Option<String>,
-    },
-    /// The inspection of `expected` (through `name`) ended.
-    Image {
-        ns: String,
-        name: String,
-        expected: String,
-        outcome: ImageOutcome,
-    },
-}
-
-/// Why a container or image could not be inspected.
-#[derive(Debug)]
-struct InspectFailure {
-    /// A code of `archwatch_inspection_errors_total{kind}`.
-    kind: &'static str,
-    detail: String,
-    /// containerd could not say (record, spec or snapshot unreadable), as opposed to files
-    /// that could not be read: the next reconcile judges the container again.
-    retry: bool,
-}
-
-impl InspectFailure {
-    fn lookup(e: &ContainerdError) -> InspectFailure {
-        InspectFailure {
-            kind: e.kind(),
-            detail: e.to_string(),
-            retry: true,
-        }
-    }
-}
-
-/// How many inspections (a container's files, or an image: its view and files) run at
-/// once: each holds open files (layer directories, the file it reads) and a blocking
-/// thread, so a reconcile of a thousand images or a binfmt change that judges them all
-/// again stays within a fixed number of open files. Images take at most
-/// [`IMAGE_INSPECTIONS`] of them, so a failing container is never queued behind every
-/// image on the node.
-const INSPECTIONS: usize = 4;
-const IMAGE_INSPECTIONS: usize = 3;
-/// How many containerd lookups for containers (record, snapshot mounts, image) and image
-/// names run at once.
-const LOOKUPS: usize = 16;
-
-/// The semaphores that bound the jobs.
-#[derive(Clone)]
-struct Bounds {
-    inspections: Arc<Semaphore>,
-    images: Arc<Semaphore>,
-    lookups: Arc<Semaphore>,
-}
-
-impl Default for Bounds {
-    fn default() -> Self {
-        Bounds {
-            inspections: Arc::new(Semaphore::new(INSPECTIONS)),
-            images: Arc::new(Semaphore::new(IMAGE_INSPECTIONS)),
-            lookups: Arc::new(Semaphore::new(LOOKUPS)),
-        }
-    }
-}
-
-/// Held while a job works; dropping it lets the next one start. (The semaphores are never
-/// closed, so acquiring cannot fail.)
-struct Permit {
-    _held: Vec<OwnedSemaphorePermit>,
-}
-
-impl Bounds {
-    async fn container(&self) -> Permit {
-        let any = self.inspections.clone().acquire_owned().await.ok();
-        Permit {
-            _held: any.into_iter().collect(),
-        }
-    }
-
-    async fn image(&self) -> Permit {
-        let image = self.images.clone().acquire_owned().await.ok();
-        let any = self.inspections.clone().acquire_owned().await.ok();
-        Permit {
-            _held: image.into_iter().chain(any).collect(),
-        }
-    }
-
-    async fn lookup(&self) -> Permit {
-        let one = self.lookups.clone().acquire_owned().await.ok();
-        Permit {
-            _held: one.into_iter().collect(),
-        }
-    }
-}
-
-enum ImageOutcome {
-    Verdict {
-        digest: String,
-        inspection: Arc<Inspection>,
-    },
-    Failed,
 }
 
 /// The sinks every diagnosis goes to, fed from one value.
@@ -1320,103 +1207,6 @@ impl Pipeline {
         });
     }
 
-    /// A container that will run only under emulation: said once, when its verdict lands
-    /// and its init process started (or it was deleted); counted in `containers_emulated`
-    /// while its init process is confirmed to run under the emulator.
-    fn note_emulated(&mut self, key: &Key) {
-        let Some(check) = self.tracker.emulation_check(key) else {
-            return;
-        };
-        if check.init.is_none() && !check.deleted {
-            // Not started yet: decide at /tasks/start.
-            return;
-        }
-        let who = check.who.clone();
-        let i = check.inspection;
-        let pid = check.init.filter(|t| t.running).map(|t| t.pid);
-        let confirmed_by = pid.and_then(|p| self.confirm_emulation(p, &i));
-        let counted = confirmed_by.is_some().then(|| emulated_label(&i));
-        self.tracker.emulation_noted(key, counted);
-        info!(
-            namespace = who.namespace(),
-            pod = who.pod.as_deref().unwrap_or(""),
-            container = who.container.as_deref().unwrap_or(&who.container_id),
-            handler = i.handler.as_deref().unwrap_or(""),
-            "Container runs under emulation: {}",
-            i.cause
-        );
-        if let Some(ev) = &self.sinks.events {
-            if let Some(spec) =
-                kube_events::for_pod(&who, i.verdict.event_reason(), &i.cause, &i.fix, Utc::now())
-            {
-                ev.push(spec);
-            }
-        }
-        let node = self.cfg.node_name.clone();
-        self.sinks.write(&Record::Emulated {
-            diagnosed_at: Utc::now(),
-            node: &node,
-            identity: &who,
-            argv: &i.argv,
-            verdict: i.verdict,
-            reason: i.verdict.event_reason(),
-            handler: i.handler.as_deref(),
-            confirmed_by,
-            binary_arch: i.binary_arch.map(|a| a.to_string()),
-            node_arch: i.node_arch.to_string(),
-            cause: &i.cause,
-            fix: &i.fix,
-        });
-    }
-
-    /// Confirms from the running process: under binfmt_misc its exe is the emulator.
-    /// Returns what shows it.
-    fn confirm_emulation(&self, pid: u32, i: &Inspection) -> Option<String> {
-        let interpreter = i.handler.as_deref().and_then(|h| {
-            self.binfmt
-                .borrow()
-                .handlers
-                .iter()
-                .find(|x| x.name == h)
-                .map(|x| x.interpreter.clone())
-        });
-        let exe = std::fs::read_link(self.cfg.proc_dir.join(pid.to_string()).join("exe")).ok()?;
-        let exe = exe
-            .to_string_lossy()
-            .trim_end_matches(" (deleted)")
-            .to_string();
-        let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
-        let matches = interpreter
-            .as_deref()
-            .is_some_and(|int| base(int) == base(&exe))
-            || base(&exe).contains("qemu");
-        matches.then(|| format!("/proc/{pid}/exe -> {exe}"))
-    }
-
-    /// Periodic: a container reported before its process had exec'd (its exe was still the
-    /// runtime's) is counted once the emulator shows.
-    fn confirm_pending_emulation(&mut self) {
-        for (key, pid, i) in self.tracker.unconfirmed_emulation() {
-            if self.confirm_emulation(pid, &i).is_some() {
-                self.tracker.emulation_confirmed(&key, emulated_label(&i));
-            }
-        }
-    }
-
-    /// `containers_emulated` from the records: a container that is gone counts no more,
-    /// however it went.
-    fn sync_emulated_gauge(&self) {
-        for (label, n) in self.tracker.emulated() {
-            self.sinks
-                .metrics
-                .containers_emulated
-                .get_or_create(&metrics::ArchLabels {
-                    binary_arch: label.into(),
-                })
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
-        }
-    }
-
     fn image_warning(&mut self, ns: &str, name: &str, digest: &str, i: &Inspection) {
         if !self.images.warn_once(digest, i.verdict.code()) {
             return;
@@ -1551,346 +1341,6 @@ impl Pipeline {
             })
         });
     }
-}
-
-/// The `binary_arch` label a container running under emulation is counted under.
-fn emulated_label(i: &Inspection) -> &'static str {
-    i.binary_arch.map(|a| a.label()).unwrap_or("unknown")
-}
-
-/// Reads a container's record (unless given), its spec, its layers and who it is.
-async fn identify_job(
-    client: &Lookup,
-    key: Key,
-    record: Option<containerd_client::services::v1::Container>,
-    rootfs: Option<Vec<containerd_client::types::Mount>>,
-    ask_history: bool,
-    errors: &prometheus_client::metrics::family::Family<
-        metrics::KindLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
-) -> Done {
-    let count = |e: &ContainerdError| {
-        errors
-            .get_or_create(&metrics::KindLabels {
-                kind: e.kind().into(),
-            })
-            .inc();
-    };
-    let c = match record {
-        Some(c) => c,
-        None => match client.container(&key.namespace, &key.id).await {
-            Ok(c) => c,
-            Err(e) => {
-                count(&e);
-                debug!(container = %key.id, error = %e, "Container record unreadable.");
-                return Done::ContainerInspected {
-                    key,
-                    cache_key: None,
-                    result: Err(InspectFailure::lookup(&e)),
-                };
-            }
-        },
-    };
-    if containerd::is_sandbox(&c) {
-        return Done::Sandbox(key);
-    }
-    let fail = |e: ContainerdError| {
-        count(&e);
-        warn!(container = %c.id, error = %e, "Container cannot be inspected.");
-        Err(InspectFailure::lookup(&e))
-    };
-    let spec = match containerd::spec_process(&c) {
-        Ok(s) => s,
-        Err(e) => {
-            return Done::ContainerInspected {
-                key,
-                cache_key: None,
-                result: fail(e),
-            };
-        }
-    };
-    let layers = match rootfs.filter(|m| !m.is_empty()) {
-        Some(m) => containerd::mounts_layers(&m),
-        None => {
-            client
-                .snapshot_layers(&key.namespace, &c.snapshotter, &c.snapshot_key)
-                .await
-        }
-    };
-    let layers = match layers {
-        Ok(l) => l,
-        Err(e) => {
-            return Done::ContainerInspected {
-                key,
-                cache_key: None,
-                result: fail(e),
-            };
-        }
-    };
-    let digest = client.image_digest(&key.namespace, &c.image).await;
-    let history = if ask_history && containerd::cri::is_cri_container(&c) {
-        client.cri_history(&key.namespace, &key.id).await
-    } else {
-        None
-    };
-    let meta = containerd::cri::metadata(&c);
-    let label = |k: &str| c.labels.get(k).cloned();
-    let who = Identity {
-        containerd_namespace: key.namespace.clone(),
-        container_id: key.id.clone(),
-        pod: label("io.kubernetes.pod.name"),
-        pod_namespace: label("io.kubernetes.pod.namespace"),
-        pod_uid: label("io.kubernetes.pod.uid"),
-        container: label("io.kubernetes.container.name"),
-        image: c.image.clone(),
-        image_digest: digest.clone(),
-        container_type: meta.container_type,
-        attempt: meta.attempt,
-    };
-    let process = Process {
-        argv: spec.args,
-        path_env: spec.path_env,
-        cwd: spec.cwd,
-    };
-    // Same image content + same process = same verdict; without a digest, the snapshot key
-    // names the content.
-    let content = digest.unwrap_or_else(|| format!("{}/{}", c.snapshotter, c.snapshot_key));
-    let cache_key = Some(process.cache_key(&content));
-    Done::Identified {
-        key,
-        who: Box::new(who),
-        process,
-        cache_key,
-        layers,
-        history,
-    }
-}
-
-/// What an image inspection needs besides the client and the name.
-struct ImageJob {
-    node: Node,
-    /// Read when the inspection starts, not when it was queued.
-    binfmt: watch::Receiver<Arc<Table>>,
-    timeout: Duration,
-    snapshotter: String,
-    metrics: Metrics,
-    bounds: Bounds,
-}
-
-impl ImageJob {
-    /// Resolves `name` for the node, views its snapshot and inspects it.
-    async fn run(self, client: &Client, ns: &str, name: &str) -> ImageOutcome {
-        let node = &self.node;
-        let m = &self.metrics;
-        let count = |kind: &str| {
-            m.inspection_errors
-                .get_or_create(&metrics::KindLabels { kind: kind.into() })
-                .inc()
-        };
-        let resolved = {
-            let _lookup = self.bounds.lookup().await;
-            client.resolve_image(ns, name, node).await
-        };
-        let target = match resolved {
-            Ok(t) => t,
-            Err(e @ ContainerdError::NoPlatform { .. }) => {
-                let inspection = Inspection {
-                verdict: Verdict::ArchMismatch,
-                cause: format!("{e}: this node cannot pull or run it"),
-                fix: format!("Publish the image as a multi-arch index that includes linux/{} (docker buildx build --platform ...).", node.arch),
-                symptom: Verdict::ArchMismatch.symptom(),
-                argv: Vec::new(),
-                node_arch: node.arch,
-                binary_arch: None,
-                handler: None,
-                chain: Vec::new(),
-                findings: vec![Finding { code: "index_lacks_node_platform", detail: e.to_string() }],
-                bytes_read: 0,
-            };
-                let digest = client
-                    .image(ns, name)
-                    .await
-                    .ok()
-                    .and_then(|i| i.target)
-                    .map(|t| t.digest)
-                    .unwrap_or_default();
-                return ImageOutcome::Verdict {
-                    digest,
-                    inspection: Arc::new(inspection),
-                };
-            }
-            Err(e) => {
-                count(e.kind());
-                debug!(image = name, error = %e, "Image cannot be resolved.");
-                return ImageOutcome::Failed;
-            }
-        };
-        let Some(chain) = target.config.chain_id() else {
-            count("image_no_layers");
-            return ImageOutcome::Failed;
-        };
-        // From the view to its removal, the job holds a view in containerd and open files: at
-        // most a few such jobs run at once.
-        let mut permit = self.bounds.image().await;
-        // /images/create comes before the unpack: wait for the snapshot to exist.
-        let mut delay = Duration::from_millis(200);
-        let view = loop {
-            match client.open_view(ns, &self.snapshotter, &chain).await {
-                Ok(v) => break v,
-                Err(e) if e.is_not_found() && delay < Duration::from_secs(30) => {
-                    // Waiting holds no permit: another inspection goes meanwhile.
-                    drop(permit);
-                    tokio::time::sleep(delay).await;
-                    permit = self.bounds.image().await;
-                    delay *= 2;
-                }
-                Err(e) => {
-                    count(e.kind());
-                    debug!(image = name, error = %e, "Image snapshot cannot be viewed.");
-                    return ImageOutcome::Failed;
-                }
-            }
-        };
-        let process = Process {
-            argv: target.config.argv(),
-            path_env: target.config.path_env(),
-            cwd: target.config.cwd(),
-        };
-        let mut findings = Vec::new();
-        let config_arch = target.config.arch();
-        if target.index_platforms.is_empty()
-            && config_arch.is_some_and(|a| node.nativity(a) != crate::platform::Nativity::Native)
-        {
-            findings.push(Finding {
-            code: "single_arch_image",
-            detail: format!(
-                "{name} points to a single linux/{} image, not a multi-arch index; deploy by the digest of an index that includes linux/{}",
-                config_arch.map(|a| a.to_string()).unwrap_or_default(),
-                node.arch
-            ),
-        });
-        }
-        let claimed = target.config.arch();
-        // The table as it is when the inspection starts, not when it was queued.
-        let table = self.binfmt.borrow().clone();
-        let result = inspect_off_runtime(
-            view.layers.clone(),
-            process,
-            claimed,
-            node.clone(),
-            table,
-            self.timeout,
-            m,
-            "image",
-        )
-        .await;
-        client.close_view(view).await;
-        drop(permit);
-        match result {
-            Ok(mut i) => {
-                i.findings.append(&mut findings);
-                ImageOutcome::Verdict {
-                    digest: target.target_digest,
-                    inspection: Arc::new(i),
-                }
-            }
-            Err(f) => {
-                warn!(
-                    namespace = ns,
-                    image = name,
-                    error_kind = f.kind,
-                    "Pulled image could not be inspected: {}",
-                    f.detail
-                );
-                ImageOutcome::Failed
-            }
-        }
-    }
-}
-
-/// Runs one inspection on the blocking pool within `timeout`; errors are counted by kind.
-#[allow(clippy::too_many_arguments)]
-async fn inspect_off_runtime(
-    layers: Vec<PathBuf>,
-    process: Process,
-    claimed: Option<crate::platform::Arch>,
-    node: Node,
-    table: Arc<Table>,
-    timeout: Duration,
-    m: &Metrics,
-    target: &'static str,
-) -> Result<Inspection, InspectFailure> {
-    if process.argv.is_empty() {
-        m.inspection_errors
-            .get_or_create(&metrics::KindLabels {
-                kind: "empty_argv".into(),
-            })
-            .inc();
-        return Err(InspectFailure {
-            kind: "empty_argv",
-            detail: "the process has no argv".into(),
-            retry: false,
-        });
-    }
-    let started = Instant::now();
-    // The walk itself stops at the deadline (and drops what it holds); waiting gives up a
-    // little later only if it is stuck in one system call.
-    let deadline = started + timeout;
-    let job = tokio::task::spawn_blocking(move || -> Result<Inspection, inspect::InspectError> {
-        let root = Rootfs::new(layers)?.with_deadline(deadline);
-        let req = Request {
-            argv: &process.argv,
-            path_env: process.path_env.as_deref(),
-            cwd: &process.cwd,
-            claimed_arch: claimed,
-        };
-        inspect::inspect(
-            &root,
-            &req,
-            inspect::Context {
-                node: &node,
-                binfmt: &table,
-            },
-        )
-    });
-    let r = tokio::time::timeout(timeout + Duration::from_millis(500), job).await;
-    m.inspection_duration
-        .get_or_create(&metrics::TargetLabels {
-            target: target.into(),
-        })
-        .observe(started.elapsed().as_secs_f64());
-    let over_budget = || InspectFailure {
-        kind: "inspection_timeout",
-        detail: format!(
-            "the inspection took longer than {} ms (--inspect-timeout-ms)",
-            timeout.as_millis()
-        ),
-        retry: false,
-    };
-    let failure = match r {
-        Ok(Ok(Ok(i))) => return Ok(i),
-        Ok(Ok(Err(inspect::InspectError::Rootfs(crate::rootfs::RootfsError::Deadline)))) => {
-            over_budget()
-        }
-        Ok(Ok(Err(e))) => InspectFailure {
-            kind: e.kind(),
-            detail: e.to_string(),
-            retry: false,
-        },
-        Ok(Err(_)) => InspectFailure {
-            kind: "inspection_panicked",
-            detail: "the inspection panicked".into(),
-            retry: false,
-        },
-        Err(_) => over_budget(),
-    };
-    m.inspection_errors
-        .get_or_create(&metrics::KindLabels {
-            kind: failure.kind.into(),
-        })
-        .inc();
-    Err(failure)
 }
 
 #[cfg(test)]
