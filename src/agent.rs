@@ -10,17 +10,22 @@
 //! ```
 //!
 //! The watcher subscribes first and lists second, so nothing falls in the gap; duplicates
-//! are harmless (the tracker knows what it has seen). Inspections run on the blocking pool
-//! with a time budget each; one bad image never stalls the rest.
+//! are harmless (the tracker knows what it has seen). Everything known of a container is one
+//! record in the tracker's store: a reconcile prunes what containerd no longer lists from
+//! every bit of state and every gauge, and judges again, once, what a dropped connection
+//! left unjudged. Jobs (`jobs`) are bounded: a few inspections at once, each on the
+//! blocking pool with a time budget; one bad image never stalls the rest. Containers that
+//! run under emulation: `emulation`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -32,17 +37,23 @@ use crate::binfmt::Table;
 use crate::containerd::event::{self, Envelope, Event};
 use crate::containerd::{self, Client, ContainerdError};
 use crate::diagnose::{Diagnosis, Identity};
-use crate::inspect::{self, Finding, Inspection, Request, Verdict};
+use crate::inspect::{Finding, Inspection, Verdict};
 use crate::pipeline::images::{Images, Named};
-use crate::pipeline::{History, Key, Process, Tracker, Windows};
+use crate::pipeline::{CacheKey, History, Key, Process, Tracker, Windows};
 use crate::platform::Node;
 use crate::replay::Recording;
-use crate::rootfs::Rootfs;
 use crate::sinks::api::{self, ApiState};
 use crate::sinks::http::{self, Liveness, Readiness};
 use crate::sinks::journal::Journal;
 use crate::sinks::kube_events;
 use crate::sinks::metrics::{self, Metrics};
+
+mod emulation;
+mod jobs;
+
+use jobs::{
+    identify_job, inspect_off_runtime, Bounds, Done, ImageJob, ImageOutcome, InspectFailure,
+};
 
 /// Everything the agent is told on the command line.
 #[derive(Clone, Debug)]
@@ -260,54 +271,6 @@ struct Listing {
     images: Vec<(String, String)>,
     containers: Vec<(String, containerd_client::services::v1::Container)>,
     tasks: Vec<(String, containerd_client::types::v1::Process)>,
-}
-
-/// What a job reports back.
-enum Done {
-    Identified {
-        key: Key,
-        who: Box<Identity>,
-        process: Process,
-        cache_key: Option<String>,
-        layers: Vec<PathBuf>,
-        /// Asked at reconcile for a container without a task: what the runtime remembers.
-        history: Option<History>,
-    },
-    Sandbox(Key),
-    ContainerInspected {
-        key: Key,
-        cache_key: Option<String>,
-        result: Result<Arc<Inspection>, InspectFailure>,
-    },
-    /// An image name resolved to its target digest (`None`: gone or unreadable).
-    ImageNamed {
-        ns: String,
-        name: String,
-        digest: Option<String>,
-    },
-    /// The inspection of `expected` (through `name`) ended.
-    Image {
-        ns: String,
-        name: String,
-        expected: String,
-        outcome: ImageOutcome,
-    },
-}
-
-/// Why a container or image could not be inspected.
-#[derive(Debug)]
-struct InspectFailure {
-    /// A code of `archwatch_inspection_errors_total{kind}`.
-    kind: &'static str,
-    detail: String,
-}
-
-enum ImageOutcome {
-    Verdict {
-        digest: String,
-        inspection: Arc<Inspection>,
-    },
-    Failed,
 }
 
 /// The sinks every diagnosis goes to, fed from one value.
@@ -793,14 +756,9 @@ struct Pipeline {
     binfmt: watch::Receiver<Arc<Table>>,
     /// Image verdicts by content, however many names point at it.
     images: Images,
-    /// Init processes seen starting: pid, and whether still running.
-    running: HashMap<Key, (u32, bool)>,
-    /// Containers counted in `containers_emulated`, with their arch label.
-    emulated: HashMap<Key, &'static str>,
-    /// Containers already reported as running under emulation.
-    emulation_noted: HashSet<Key>,
     sinks: Sinks,
     jobs: JoinSet<Option<Done>>,
+    bounds: Bounds,
     ready: Readiness,
 }
 
@@ -838,11 +796,9 @@ async fn pipeline(
         drained: Vec::new(),
         binfmt,
         images,
-        running: HashMap::new(),
-        emulated: HashMap::new(),
-        emulation_noted: HashSet::new(),
         sinks,
         jobs: JoinSet::new(),
+        bounds: Bounds::default(),
         ready,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -862,10 +818,12 @@ async fn pipeline(
                 for d in p.tracker.tick(Utc::now()) {
                     p.sinks.exec_failure(&d);
                 }
+                p.confirm_pending_emulation();
             }
             Ok(()) = p.binfmt.changed() => p.binfmt_changed(),
         }
         p.sinks.api.set_tracked(p.tracker.len());
+        p.sync_emulated_gauge();
         if p.jobs.is_empty() {
             for t in p.drained.drain(..) {
                 let _ = t.send(());
@@ -916,22 +874,31 @@ impl Pipeline {
             },
         };
         let with_task: HashSet<Key> = l.tasks.iter().map(|(ns, t)| task_key(ns, t)).collect();
-        let mut seen: HashSet<Key> = HashSet::new();
-        for (ns, c) in l.containers {
-            let key = Key {
+        let seen: HashSet<Key> = l
+            .containers
+            .iter()
+            .map(|(ns, c)| Key {
                 namespace: ns.clone(),
                 id: c.id.clone(),
+            })
+            .collect();
+        // What went while the agent was away goes from every bit of state; what a dropped
+        // connection left unjudged is judged again.
+        let again: HashSet<Key> = self.tracker.reconciled(&seen).into_iter().collect();
+        for (ns, c) in l.containers {
+            let key = Key {
+                namespace: ns,
+                id: c.id.clone(),
             };
-            seen.insert(key.clone());
-            if self.tracker.container_created(key.clone(), now) {
-                // First seen here: without a task, only the runtime knows whether it ran.
-                let ask = !with_task.contains(&key);
+            // First seen here: without a task, only the runtime knows whether it ran.
+            let ask = !with_task.contains(&key);
+            if again.contains(&key) {
+                debug!(container = %key.id, "Judging again what a dropped connection left unjudged.");
+                self.identify(key, Some(c), None, ask);
+            } else if self.tracker.container_created(key.clone(), now) {
                 self.identify(key, Some(c), None, ask);
             }
         }
-        self.tracker.reconciled(&seen);
-        self.running.retain(|k, _| seen.contains(k));
-        self.emulation_noted.retain(|k| seen.contains(k));
         for (ns, t) in l.tasks {
             let key = task_key(&ns, &t);
             match t.status {
@@ -944,12 +911,7 @@ impl Pipeline {
                         self.sinks.exec_failure(&d);
                     }
                 }
-                TASK_RUNNING | TASK_PAUSED => {
-                    self.tracker.task_created(&key);
-                    if t.pid != 0 {
-                        self.running.insert(key.clone(), (t.pid, true));
-                    }
-                }
+                TASK_RUNNING | TASK_PAUSED => self.tracker.task_running(&key, t.pid),
                 TASK_STOPPED => self.tracker.task_created(&key),
                 _ => self.tracker.task_created(&key),
             }
@@ -995,9 +957,6 @@ impl Pipeline {
             Event::ContainerDelete { id } => {
                 let k = key(id);
                 self.note_emulated(&k);
-                self.task_gone(&k);
-                self.running.remove(&k);
-                self.emulation_noted.remove(&k);
                 self.tracker.container_deleted(&k, at)
             }
             Event::TaskCreate {
@@ -1014,8 +973,7 @@ impl Pipeline {
             }
             Event::TaskStart { container_id, pid } => {
                 let k = key(container_id);
-                self.tracker.task_started(&k, at);
-                self.running.insert(k.clone(), (pid, true));
+                self.tracker.task_started(&k, at, pid);
                 self.note_emulated(&k);
                 Vec::new()
             }
@@ -1028,11 +986,9 @@ impl Pipeline {
             } => {
                 let k = key(container_id);
                 if id == k.id {
-                    if let Some(t) = self.running.get_mut(&k) {
-                        t.1 = false;
-                    }
+                    // Not running any more: reported (if not yet) without confirmation.
+                    self.tracker.init_gone(&k);
                     self.note_emulated(&k);
-                    self.task_gone(&k);
                 }
                 self.tracker
                     .task_exited(&k, &id, exit_status, exited_at.unwrap_or(at))
@@ -1054,118 +1010,43 @@ impl Pipeline {
         ask_history: bool,
     ) {
         let Some(client) = self.client.clone() else {
+            // Judged at the next reconcile.
             return;
         };
         let errors = self.sinks.metrics.inspection_errors.clone();
+        let bounds = self.bounds.clone();
+        let job_key = key.clone();
+        self.spawn_container_job(job_key, async move {
+            let _permit = bounds.lookup().await;
+            identify_job(&client, key, record, rootfs, ask_history, &errors).await
+        });
+    }
+
+    /// Spawns a job about container `key`, marked under way in its record until it
+    /// answers; a job that panics answers [`Done::Lost`].
+    fn spawn_container_job(
+        &mut self,
+        key: Key,
+        job: impl std::future::Future<Output = Done> + Send + 'static,
+    ) {
+        self.tracker.job_started(&key);
         self.jobs.spawn(async move {
-            let c = match record {
-                Some(c) => c,
-                None => match client.container(&key.namespace, &key.id).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        errors
-                            .get_or_create(&metrics::KindLabels {
-                                kind: e.kind().into(),
-                            })
-                            .inc();
-                        debug!(container = %key.id, error = %e, "Container record unreadable.");
-                        return Some(Done::ContainerInspected {
-                            key,
-                            cache_key: None,
-                            result: Err(InspectFailure {
-                                kind: e.kind(),
-                                detail: e.to_string(),
-                            }),
-                        });
-                    }
-                },
-            };
-            if containerd::is_sandbox(&c) {
-                return Some(Done::Sandbox(key));
-            }
-            let fail = |e: ContainerdError| {
-                errors
-                    .get_or_create(&metrics::KindLabels {
-                        kind: e.kind().into(),
-                    })
-                    .inc();
-                warn!(container = %c.id, error = %e, "Container cannot be inspected.");
-                Err(InspectFailure {
-                    kind: e.kind(),
-                    detail: e.to_string(),
-                })
-            };
-            let spec = match containerd::spec_process(&c) {
-                Ok(s) => s,
-                Err(e) => {
-                    return Some(Done::ContainerInspected {
-                        key,
-                        cache_key: None,
-                        result: fail(e),
-                    });
-                }
-            };
-            let layers = match rootfs.filter(|m| !m.is_empty()) {
-                Some(m) => containerd::mounts_layers(&m),
-                None => {
-                    client
-                        .snapshot_layers(&key.namespace, &c.snapshotter, &c.snapshot_key)
-                        .await
-                }
-            };
-            let layers = match layers {
-                Ok(l) => l,
-                Err(e) => {
-                    return Some(Done::ContainerInspected {
-                        key,
-                        cache_key: None,
-                        result: fail(e),
-                    });
-                }
-            };
-            let digest = client.image_digest(&key.namespace, &c.image).await;
-            let history = if ask_history && containerd::cri::is_cri_container(&c) {
-                client.cri_history(&key.namespace, &key.id).await
-            } else {
-                None
-            };
-            let meta = containerd::cri::metadata(&c);
-            let label = |k: &str| c.labels.get(k).cloned();
-            let who = Identity {
-                containerd_namespace: key.namespace.clone(),
-                container_id: key.id.clone(),
-                pod: label("io.kubernetes.pod.name"),
-                pod_namespace: label("io.kubernetes.pod.namespace"),
-                pod_uid: label("io.kubernetes.pod.uid"),
-                container: label("io.kubernetes.container.name"),
-                image: c.image.clone(),
-                image_digest: digest.clone(),
-                container_type: meta.container_type,
-                attempt: meta.attempt,
-            };
-            let process = Process {
-                argv: spec.args,
-                path_env: spec.path_env,
-                cwd: spec.cwd,
-            };
-            // Same image content + same process = same verdict; without a digest, the
-            // snapshot key names the content.
-            let content = digest.unwrap_or_else(|| format!("{}/{}", c.snapshotter, c.snapshot_key));
-            let cache_key = Some(process.cache_key(&content));
-            Some(Done::Identified {
-                key,
-                who: Box::new(who),
-                process,
-                cache_key,
-                layers,
-                history,
-            })
+            Some(
+                AssertUnwindSafe(job)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or(Done::Lost(key)),
+            )
         });
     }
 
     fn done(&mut self, d: Done) {
         match d {
             Done::Sandbox(key) => self.tracker.forget(&key),
+            Done::Lost(key) => {
+                warn!(container = %key.id, "A job about this container ended without an answer; it is judged again at the next reconcile.");
+                self.tracker.job_lost(&key);
+            }
             Done::Identified {
                 key,
                 who,
@@ -1174,8 +1055,7 @@ impl Pipeline {
                 layers,
                 history,
             } => {
-                let (need, mut diagnoses) =
-                    self.tracker.identified(&key, *who, cache_key.as_deref());
+                let (need, mut diagnoses) = self.tracker.identified(&key, *who, cache_key.as_ref());
                 if let Some(h) = history {
                     diagnoses.extend(self.tracker.history(&key, h));
                 }
@@ -1195,13 +1075,13 @@ impl Pipeline {
                 result,
             } => {
                 let result = match result {
-                    Ok(i) => Some(i),
+                    Ok(i) => Ok(i),
                     Err(f) => {
                         self.inspection_failed(&key, &f);
-                        None
+                        Err(f.retry)
                     }
                 };
-                for d in self.tracker.inspected(&key, cache_key.as_deref(), result) {
+                for d in self.tracker.inspected(&key, cache_key.as_ref(), result) {
                     self.sinks.exec_failure(&d);
                 }
                 self.note_emulated(&key);
@@ -1230,7 +1110,9 @@ impl Pipeline {
                 outcome,
             } => {
                 let judged = match outcome {
-                    ImageOutcome::Verdict { digest, inspection } => Some((digest, inspection)),
+                    ImageOutcome::Verdict { digest, inspection } => {
+                        Some((digest, crate::pipeline::cache::capped(inspection)))
+                    }
                     ImageOutcome::Failed => None,
                 };
                 let namespaces = self.images.judged(
@@ -1325,99 +1207,6 @@ impl Pipeline {
         });
     }
 
-    fn note_emulated(&mut self, key: &Key) {
-        let Some((who, i)) = self.tracker.verdict(key) else {
-            return;
-        };
-        if i.verdict != Verdict::Emulated || self.emulation_noted.contains(key) {
-            return;
-        }
-        let who = who.clone();
-        // Confirm from the running process: under binfmt_misc its exe is the emulator.
-        let task = self.running.get(key).copied();
-        let pid = task.filter(|t| t.1).map(|t| t.0);
-        let interpreter = i.handler.as_deref().and_then(|h| {
-            self.binfmt
-                .borrow()
-                .handlers
-                .iter()
-                .find(|x| x.name == h)
-                .map(|x| x.interpreter.clone())
-        });
-        let confirmed_by = pid.and_then(|p| {
-            let exe = std::fs::read_link(self.cfg.proc_dir.join(p.to_string()).join("exe")).ok()?;
-            let exe = exe
-                .to_string_lossy()
-                .trim_end_matches(" (deleted)")
-                .to_string();
-            let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
-            let matches = interpreter
-                .as_deref()
-                .is_some_and(|int| base(int) == base(&exe))
-                || base(&exe).contains("qemu");
-            matches.then(|| format!("/proc/{p}/exe -> {exe}"))
-        });
-        if task.is_none() && self.tracker.knows(key) && !self.tracker.is_deleted(key) {
-            // Not started yet: decide at /tasks/start.
-            return;
-        }
-        self.emulation_noted.insert(key.clone());
-        if confirmed_by.is_some() {
-            let label = i.binary_arch.map(|a| a.label()).unwrap_or("unknown");
-            self.emulated.insert(key.clone(), label);
-            self.sinks
-                .metrics
-                .containers_emulated
-                .get_or_create(&metrics::ArchLabels {
-                    binary_arch: label.into(),
-                })
-                .inc();
-        }
-        info!(
-            namespace = who.namespace(),
-            pod = who.pod.as_deref().unwrap_or(""),
-            container = who.container.as_deref().unwrap_or(&who.container_id),
-            handler = i.handler.as_deref().unwrap_or(""),
-            "Container runs under emulation: {}",
-            i.cause
-        );
-        if let Some(ev) = &self.sinks.events {
-            if let Some(spec) =
-                kube_events::for_pod(&who, i.verdict.event_reason(), &i.cause, &i.fix, Utc::now())
-            {
-                ev.push(spec);
-            }
-        }
-        let node = self.cfg.node_name.clone();
-        self.sinks.write(&Record::Emulated {
-            diagnosed_at: Utc::now(),
-            node: &node,
-            identity: &who,
-            argv: &i.argv,
-            verdict: i.verdict,
-            reason: i.verdict.event_reason(),
-            handler: i.handler.as_deref(),
-            confirmed_by,
-            binary_arch: i.binary_arch.map(|a| a.to_string()),
-            node_arch: i.node_arch.to_string(),
-            cause: &i.cause,
-            fix: &i.fix,
-        });
-    }
-
-    /// The init process is gone: it no longer counts as running under emulation.
-    fn task_gone(&mut self, key: &Key) {
-        if let Some(label) = self.emulated.remove(key) {
-            self.sinks
-                .metrics
-                .containers_emulated
-                .get_or_create(&metrics::ArchLabels {
-                    binary_arch: label.into(),
-                })
-                .dec();
-        }
-    }
-
     fn image_warning(&mut self, ns: &str, name: &str, digest: &str, i: &Inspection) {
         if !self.images.warn_once(digest, i.verdict.code()) {
             return;
@@ -1477,22 +1266,27 @@ impl Pipeline {
         &mut self,
         key: Key,
         process: Process,
-        cache_key: Option<String>,
+        cache_key: Option<CacheKey>,
         layers: Vec<PathBuf>,
     ) {
         let node = self.cfg.node.clone();
-        let table = self.binfmt.borrow().clone();
+        let binfmt = self.binfmt.clone();
         let timeout = self.cfg.inspect_timeout;
         let m = self.sinks.metrics.clone();
-        self.jobs.spawn(async move {
+        let bounds = self.bounds.clone();
+        let job_key = key.clone();
+        self.spawn_container_job(job_key, async move {
+            let _permit = bounds.container().await;
+            // The table as it is when the inspection starts, not when it was queued.
+            let table = binfmt.borrow().clone();
             let result =
                 inspect_off_runtime(layers, process, None, node, table, timeout, &m, "container")
                     .await;
-            Some(Done::ContainerInspected {
+            Done::ContainerInspected {
                 key,
                 cache_key,
                 result: result.map(Arc::new),
-            })
+            }
         });
     }
 
@@ -1505,7 +1299,9 @@ impl Pipeline {
         if !self.images.want((ns.clone(), name.clone())) {
             return;
         }
+        let bounds = self.bounds.clone();
         self.jobs.spawn(async move {
+            let _permit = bounds.lookup().await;
             let digest = client
                 .image(&ns, &name)
                 .await
@@ -1522,14 +1318,21 @@ impl Pipeline {
             self.images.judged(&expected, None);
             return;
         };
-        let node = self.cfg.node.clone();
-        let table = self.binfmt.borrow().clone();
-        let timeout = self.cfg.inspect_timeout;
-        let snapshotter = self.cfg.snapshotter.clone();
-        let m = self.sinks.metrics.clone();
+        let job = ImageJob {
+            node: self.cfg.node.clone(),
+            binfmt: self.binfmt.clone(),
+            timeout: self.cfg.inspect_timeout,
+            snapshotter: self.cfg.snapshotter.clone(),
+            metrics: self.sinks.metrics.clone(),
+            bounds: self.bounds.clone(),
+        };
         self.jobs.spawn(async move {
-            let outcome =
-                image_job(&client, &ns, &name, &snapshotter, node, table, timeout, &m).await;
+            // A job that panics leaves the content unjudged (tried again at a reconcile),
+            // never marked as under way for ever.
+            let outcome = AssertUnwindSafe(job.run(&client, &ns, &name))
+                .catch_unwind()
+                .await
+                .unwrap_or(ImageOutcome::Failed);
             Some(Done::Image {
                 ns,
                 name,
@@ -1538,209 +1341,6 @@ impl Pipeline {
             })
         });
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn image_job(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    snapshotter: &str,
-    node: Node,
-    table: Arc<Table>,
-    timeout: Duration,
-    m: &Metrics,
-) -> ImageOutcome {
-    let count = |kind: &str| {
-        m.inspection_errors
-            .get_or_create(&metrics::KindLabels { kind: kind.into() })
-            .inc()
-    };
-    let target = match client.resolve_image(ns, name, &node).await {
-        Ok(t) => t,
-        Err(e @ ContainerdError::NoPlatform { .. }) => {
-            let inspection = Inspection {
-                verdict: Verdict::ArchMismatch,
-                cause: format!("{e}: this node cannot pull or run it"),
-                fix: format!("Publish the image as a multi-arch index that includes linux/{} (docker buildx build --platform ...).", node.arch),
-                symptom: Verdict::ArchMismatch.symptom(),
-                argv: Vec::new(),
-                node_arch: node.arch,
-                binary_arch: None,
-                handler: None,
-                chain: Vec::new(),
-                findings: vec![Finding { code: "index_lacks_node_platform", detail: e.to_string() }],
-                bytes_read: 0,
-            };
-            let digest = client
-                .image(ns, name)
-                .await
-                .ok()
-                .and_then(|i| i.target)
-                .map(|t| t.digest)
-                .unwrap_or_default();
-            return ImageOutcome::Verdict {
-                digest,
-                inspection: Arc::new(inspection),
-            };
-        }
-        Err(e) => {
-            count(e.kind());
-            debug!(image = name, error = %e, "Image cannot be resolved.");
-            return ImageOutcome::Failed;
-        }
-    };
-    let Some(chain) = target.config.chain_id() else {
-        count("image_no_layers");
-        return ImageOutcome::Failed;
-    };
-    // /images/create comes before the unpack: wait for the snapshot to exist.
-    let mut delay = Duration::from_millis(200);
-    let view = loop {
-        match client.open_view(ns, snapshotter, &chain).await {
-            Ok(v) => break v,
-            Err(e) if e.is_not_found() && delay < Duration::from_secs(30) => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => {
-                count(e.kind());
-                debug!(image = name, error = %e, "Image snapshot cannot be viewed.");
-                return ImageOutcome::Failed;
-            }
-        }
-    };
-    let process = Process {
-        argv: target.config.argv(),
-        path_env: target.config.path_env(),
-        cwd: target.config.cwd(),
-    };
-    let mut findings = Vec::new();
-    let config_arch = target.config.arch();
-    if target.index_platforms.is_empty()
-        && config_arch.is_some_and(|a| node.nativity(a) != crate::platform::Nativity::Native)
-    {
-        findings.push(Finding {
-            code: "single_arch_image",
-            detail: format!(
-                "{name} points to a single linux/{} image, not a multi-arch index; deploy by the digest of an index that includes linux/{}",
-                config_arch.map(|a| a.to_string()).unwrap_or_default(),
-                node.arch
-            ),
-        });
-    }
-    let claimed = target.config.arch();
-    let result = inspect_off_runtime(
-        view.layers.clone(),
-        process,
-        claimed,
-        node,
-        table,
-        timeout,
-        m,
-        "image",
-    )
-    .await;
-    client.close_view(view).await;
-    match result {
-        Ok(mut i) => {
-            i.findings.append(&mut findings);
-            ImageOutcome::Verdict {
-                digest: target.target_digest,
-                inspection: Arc::new(i),
-            }
-        }
-        Err(f) => {
-            warn!(
-                namespace = ns,
-                image = name,
-                error_kind = f.kind,
-                "Pulled image could not be inspected: {}",
-                f.detail
-            );
-            ImageOutcome::Failed
-        }
-    }
-}
-
-/// Runs one inspection on the blocking pool within `timeout`; errors are counted by kind.
-#[allow(clippy::too_many_arguments)]
-async fn inspect_off_runtime(
-    layers: Vec<PathBuf>,
-    process: Process,
-    claimed: Option<crate::platform::Arch>,
-    node: Node,
-    table: Arc<Table>,
-    timeout: Duration,
-    m: &Metrics,
-    target: &'static str,
-) -> Result<Inspection, InspectFailure> {
-    if process.argv.is_empty() {
-        m.inspection_errors
-            .get_or_create(&metrics::KindLabels {
-                kind: "empty_argv".into(),
-            })
-            .inc();
-        return Err(InspectFailure {
-            kind: "empty_argv",
-            detail: "the process has no argv".into(),
-        });
-    }
-    let started = Instant::now();
-    // The walk itself stops at the deadline (and drops what it holds); waiting gives up a
-    // little later only if it is stuck in one system call.
-    let deadline = started + timeout;
-    let job = tokio::task::spawn_blocking(move || -> Result<Inspection, inspect::InspectError> {
-        let root = Rootfs::new(layers)?.with_deadline(deadline);
-        let req = Request {
-            argv: &process.argv,
-            path_env: process.path_env.as_deref(),
-            cwd: &process.cwd,
-            claimed_arch: claimed,
-        };
-        inspect::inspect(
-            &root,
-            &req,
-            inspect::Context {
-                node: &node,
-                binfmt: &table,
-            },
-        )
-    });
-    let r = tokio::time::timeout(timeout + Duration::from_millis(500), job).await;
-    m.inspection_duration
-        .get_or_create(&metrics::TargetLabels {
-            target: target.into(),
-        })
-        .observe(started.elapsed().as_secs_f64());
-    let over_budget = || InspectFailure {
-        kind: "inspection_timeout",
-        detail: format!(
-            "the inspection took longer than {} ms (--inspect-timeout-ms)",
-            timeout.as_millis()
-        ),
-    };
-    let failure = match r {
-        Ok(Ok(Ok(i))) => return Ok(i),
-        Ok(Ok(Err(inspect::InspectError::Rootfs(crate::rootfs::RootfsError::Deadline)))) => {
-            over_budget()
-        }
-        Ok(Ok(Err(e))) => InspectFailure {
-            kind: e.kind(),
-            detail: e.to_string(),
-        },
-        Ok(Err(_)) => InspectFailure {
-            kind: "inspection_panicked",
-            detail: "the inspection panicked".into(),
-        },
-        Err(_) => over_budget(),
-    };
-    m.inspection_errors
-        .get_or_create(&metrics::KindLabels {
-            kind: failure.kind.into(),
-        })
-        .inc();
-    Err(failure)
 }
 
 #[cfg(test)]

@@ -4,6 +4,10 @@
 //! Pure and synchronous (times come in with the calls) so it can be table-tested and
 //! replayed at full speed; the async shell in `agent` feeds it and runs inspections.
 //!
+//! Everything known of a container is one [`store::Record`] in one [`store::Store`], by
+//! [`Key`]: a container gone from containerd is gone from every bit of state and from
+//! every count at once.
+//!
 //! Rules:
 //! - a `/tasks/exit` of the init process (exec id == container id) with a non-zero status
 //!   within `exit_window` of `/tasks/start`, for a container whose verdict will not exec, is
@@ -18,17 +22,26 @@
 //! - a dead container first seen at reconcile has no task left to list (the CRI plugin
 //!   deletes a task right after it exits and keeps the container), so what the runtime
 //!   remembers of it ([`History`]) decides: one that started is judged from its exit, never
-//!   as `task_never_created`; one whose start failed is `task_never_created` at once.
+//!   as `task_never_created`; one whose start failed is `task_never_created` at once;
+//! - a reconcile prunes what containerd no longer lists, and judges again, once, what a
+//!   dropped connection left unjudged: a container whose record or snapshot could not be
+//!   read, or whose job was lost ([`Tracker::reconciled`]). An exit seen meanwhile waits
+//!   for that verdict.
 
+pub mod cache;
 pub mod images;
+pub mod store;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 
 use crate::diagnose::{self, Diagnosis, Exit, Identity, Signal};
 use crate::inspect::Inspection;
+pub use cache::CacheKey;
+use cache::VerdictCache;
+use store::{Init, Judgement, Record, Store};
 
 /// A container, by containerd namespace and id.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,36 +59,11 @@ pub struct Process {
 }
 
 impl Process {
-    /// Cache key for a verdict: same image content + same argv + same PATH/cwd = same answer.
-    pub fn cache_key(&self, content: &str) -> String {
-        format!(
-            "{content}\0{}\0{}\0{}",
-            self.argv.join("\u{1}"),
-            self.path_env.as_deref().unwrap_or(""),
-            self.cwd
-        )
+    /// Cache key for a verdict: same image content + same argv + same PATH/cwd = same
+    /// answer. A hash: 32 bytes however long argv is.
+    pub fn cache_key(&self, content: &str) -> CacheKey {
+        CacheKey::new(content, &self.argv, self.path_env.as_deref(), &self.cwd)
     }
-}
-
-#[derive(Clone, Debug)]
-enum Verdict {
-    Pending,
-    Known(Arc<Inspection>),
-    /// Could not inspect: never diagnosed (we do not guess).
-    Failed,
-}
-
-#[derive(Clone, Debug)]
-struct Container {
-    who: Identity,
-    created_at: DateTime<Utc>,
-    verdict: Verdict,
-    task_created: bool,
-    started_at: Option<DateTime<Utc>>,
-    pending: Option<Exit>,
-    diagnosed: bool,
-    /// Deleted before its verdict arrived: kept until then so the failure is not lost.
-    deleted: bool,
 }
 
 /// Timing rules.
@@ -114,16 +102,26 @@ pub enum History {
     StartFailed { at: Option<DateTime<Utc>> },
 }
 
-/// Bounded verdict cache size.
-const CACHE_MAX: usize = 4096;
+/// A container whose verdict is `emulated` and that was not reported as such yet.
+#[derive(Debug)]
+pub struct EmulationCheck<'a> {
+    pub who: &'a Identity,
+    pub inspection: Arc<Inspection>,
+    /// Its init process, when seen.
+    pub init: Option<Init>,
+    /// Deleted, kept only until its verdict was used.
+    pub deleted: bool,
+}
 
 pub struct Tracker {
     node: String,
     windows: Windows,
-    containers: HashMap<Key, Container>,
-    cache: HashMap<String, Arc<Inspection>>,
-    /// Containers already diagnosed by an earlier run of the agent (from its journal);
-    /// pruned as containers go.
+    store: Store,
+    cache: VerdictCache,
+    /// Containers an earlier run already diagnosed (from its journal) that have no record
+    /// yet: each goes into its record when that is created, and a reconcile drops those
+    /// containerd does not list (every container the journal can name existed before this
+    /// run, so after the first listing none is left here).
     reported: HashSet<Key>,
 }
 
@@ -132,8 +130,8 @@ impl Tracker {
         Tracker {
             node: node.to_string(),
             windows,
-            containers: HashMap::new(),
-            cache: HashMap::new(),
+            store: Store::default(),
+            cache: VerdictCache::default(),
             reported: HashSet::new(),
         }
     }
@@ -141,57 +139,72 @@ impl Tracker {
     /// Containers an earlier run already diagnosed: never diagnosed again.
     pub fn already_reported(&mut self, keys: impl IntoIterator<Item = Key>) {
         for k in keys {
-            if let Some(c) = self.containers.get_mut(&k) {
-                c.diagnosed = true;
+            match self.store.get_mut(&k) {
+                Some(c) => c.diagnosed = true,
+                None => {
+                    self.reported.insert(k);
+                }
             }
-            self.reported.insert(k);
         }
     }
 
-    /// How many containers an earlier run diagnosed that are still remembered.
+    /// How many containers an earlier run diagnosed are remembered apart from the records
+    /// (none after the first reconcile).
     pub fn reported_len(&self) -> usize {
         self.reported.len()
     }
 
     /// Containers currently tracked.
     pub fn len(&self) -> usize {
-        self.containers.len()
+        self.store.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.containers.is_empty()
+        self.store.is_empty()
     }
 
     pub fn knows(&self, key: &Key) -> bool {
-        self.containers.contains_key(key)
+        self.store.contains(key)
     }
 
     /// A verdict already computed for this content + process.
-    pub fn cached(&self, cache_key: &str) -> Option<Arc<Inspection>> {
-        self.cache.get(cache_key).cloned()
+    pub fn cached(&self, cache_key: &CacheKey) -> Option<Arc<Inspection>> {
+        self.cache.get(cache_key)
+    }
+
+    /// Bytes the verdict cache holds.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.bytes()
+    }
+
+    /// Containers running under emulation, by arch label: what `containers_emulated` shows.
+    pub fn emulated(&self) -> impl Iterator<Item = (&'static str, usize)> + '_ {
+        self.store.emulated()
     }
 
     /// Starts tracking a container as soon as containerd announces it, so that task events
     /// arriving before its files are read are kept. Returns `false` when already tracked.
     pub fn container_created(&mut self, key: Key, now: DateTime<Utc>) -> bool {
-        if self.containers.contains_key(&key) {
+        if self.store.contains(&key) {
             return false;
         }
-        let diagnosed = self.reported.contains(&key);
-        self.containers.insert(
-            key,
-            Container {
-                who: Identity::default(),
-                created_at: now,
-                verdict: Verdict::Pending,
-                task_created: false,
-                started_at: None,
-                pending: None,
-                diagnosed,
-                deleted: false,
-            },
-        );
-        true
+        let diagnosed = self.reported.remove(&key);
+        self.store.insert(key, Record::new(now, diagnosed))
+    }
+
+    /// A job (record read or inspection) for `key` started.
+    pub fn job_started(&mut self, key: &Key) {
+        if let Some(c) = self.store.get_mut(key) {
+            c.in_flight = true;
+        }
+    }
+
+    /// The job for `key` ended without an answer (it panicked): the container waits for the
+    /// next reconcile.
+    pub fn job_lost(&mut self, key: &Key) {
+        if let Some(c) = self.store.get_mut(key) {
+            c.in_flight = false;
+        }
     }
 
     /// What the runtime remembers of a container first seen at reconcile with no task.
@@ -199,7 +212,7 @@ impl Tracker {
     pub fn history(&mut self, key: &Key, h: History) -> Vec<Diagnosis> {
         let window = self.windows.exit_window;
         let node = self.node.clone();
-        let Some(c) = self.containers.get_mut(key) else {
+        let Some(c) = self.store.get_mut(key) else {
             return Vec::new();
         };
         match h {
@@ -248,17 +261,18 @@ impl Tracker {
         &mut self,
         key: &Key,
         who: Identity,
-        cache_key: Option<&str>,
+        cache_key: Option<&CacheKey>,
     ) -> (bool, Vec<Diagnosis>) {
-        let cached = cache_key.and_then(|k| self.cache.get(k).cloned());
+        let cached = cache_key.and_then(|k| self.cache.get(k));
         let node = self.node.clone();
-        let Some(c) = self.containers.get_mut(key) else {
+        let Some(c) = self.store.get_mut(key) else {
             return (false, Vec::new());
         };
         c.who = who;
+        c.in_flight = false;
         match cached {
             Some(i) => {
-                c.verdict = Verdict::Known(i);
+                c.judgement = Judgement::Known(i);
                 let d = match c.pending.take() {
                     Some(exit) => Self::decide(&node, c, &exit).into_iter().collect(),
                     None => Vec::new(),
@@ -271,18 +285,18 @@ impl Tracker {
 
     /// Whether a tracked container was deleted (kept only until its verdict is used).
     pub fn is_deleted(&self, key: &Key) -> bool {
-        self.containers.get(key).is_some_and(|c| c.deleted)
+        self.store.get(key).is_some_and(|c| c.deleted)
     }
 
     /// Drops a container that was deleted while its verdict was pending, once the verdict
     /// has been used.
     pub fn reap_deleted(&mut self, key: &Key) {
         if self
-            .containers
+            .store
             .get(key)
-            .is_some_and(|c| c.deleted && !matches!(c.verdict, Verdict::Pending))
+            .is_some_and(|c| c.deleted && !matches!(c.judgement, Judgement::Pending))
         {
-            self.containers.remove(key);
+            self.store.remove(key);
         }
     }
 
@@ -293,52 +307,79 @@ impl Tracker {
 
     /// Stops tracking without diagnosing (a sandbox, or gone while the agent was away).
     pub fn forget(&mut self, key: &Key) {
-        self.containers.remove(key);
+        self.store.remove(key);
         self.reported.remove(key);
     }
 
     /// Who a tracked container is and its verdict, when known.
     pub fn verdict(&self, key: &Key) -> Option<(&Identity, Arc<Inspection>)> {
-        let c = self.containers.get(key)?;
-        match &c.verdict {
-            Verdict::Known(i) => Some((&c.who, i.clone())),
+        let c = self.store.get(key)?;
+        match &c.judgement {
+            Judgement::Known(i) => Some((&c.who, i.clone())),
             _ => None,
         }
     }
 
     /// Who a tracked container is.
     pub fn identity(&self, key: &Key) -> Option<&Identity> {
-        self.containers.get(key).map(|c| &c.who)
+        self.store.get(key).map(|c| &c.who)
     }
 
     /// After a full listing: what containerd no longer holds is forgotten (it went while
-    /// the agent was away or disconnected), diagnosed or not.
-    pub fn reconciled(&mut self, listed: &HashSet<Key>) {
-        self.containers.retain(|k, _| listed.contains(k));
+    /// the agent was away or disconnected), diagnosed or not, with every count it was in.
+    /// Returns the listed containers to judge again: those whose record or snapshot could
+    /// not be read, or whose job was lost; each is judged again once (it waits as pending,
+    /// so that an exit listed now waits for that verdict).
+    pub fn reconciled(&mut self, listed: &HashSet<Key>) -> Vec<Key> {
+        self.store.retain(|k, _| listed.contains(k));
         self.reported.retain(|k| listed.contains(k));
+        let mut again = Vec::new();
+        for (k, c) in self.store.iter() {
+            let unjudged = match c.judgement {
+                Judgement::Pending => !c.in_flight,
+                Judgement::Failed { retry } => retry,
+                Judgement::Known(_) => false,
+            };
+            if unjudged && !c.retried && !c.deleted {
+                again.push(k.clone());
+            }
+        }
+        again.sort();
+        for k in &again {
+            if let Some(c) = self.store.get_mut(k) {
+                c.retried = true;
+                c.judgement = Judgement::Pending;
+            }
+        }
+        again
     }
 
-    /// The verdict for a container arrived (or could not be had).
+    /// The verdict for a container arrived (or could not be had: `Err(retry)`, where
+    /// `retry` says the failure came from containerd rather than from the files).
     pub fn inspected(
         &mut self,
         key: &Key,
-        cache_key: Option<&str>,
-        result: Option<Arc<Inspection>>,
+        cache_key: Option<&CacheKey>,
+        result: Result<Arc<Inspection>, bool>,
     ) -> Vec<Diagnosis> {
-        if let (Some(k), Some(i)) = (cache_key, &result) {
-            if self.cache.len() >= CACHE_MAX {
-                self.cache.clear();
-            }
-            self.cache.insert(k.to_string(), i.clone());
-        }
+        let result = match (cache_key, result) {
+            (Some(k), Ok(i)) => Ok(self.cache.insert(*k, i)),
+            (None, Ok(i)) => Ok(cache::capped(i)),
+            (_, Err(retry)) => Err(retry),
+        };
         let node = self.node.clone();
-        let Some(c) = self.containers.get_mut(key) else {
+        let Some(c) = self.store.get_mut(key) else {
             return Vec::new();
         };
-        c.verdict = match result {
-            Some(i) => Verdict::Known(i),
-            None => Verdict::Failed,
+        c.in_flight = false;
+        c.judgement = match result {
+            Ok(i) => Judgement::Known(i),
+            Err(retry) => Judgement::Failed { retry },
         };
+        if !matches!(c.judgement, Judgement::Known(_)) {
+            // An exit stays pending: a retry at the next reconcile may judge it.
+            return Vec::new();
+        }
         match c.pending.take() {
             Some(exit) => Self::decide(&node, c, &exit).into_iter().collect(),
             None => Vec::new(),
@@ -346,15 +387,86 @@ impl Tracker {
     }
 
     pub fn task_created(&mut self, key: &Key) {
-        if let Some(c) = self.containers.get_mut(key) {
+        if let Some(c) = self.store.get_mut(key) {
             c.task_created = true;
         }
     }
 
-    pub fn task_started(&mut self, key: &Key, at: DateTime<Utc>) {
-        if let Some(c) = self.containers.get_mut(key) {
+    /// Found running at reconcile: its init process `pid`.
+    pub fn task_running(&mut self, key: &Key, pid: u32) {
+        if let Some(c) = self.store.get_mut(key) {
+            c.task_created = true;
+            if pid != 0 {
+                c.init = Some(Init { pid, running: true });
+            }
+        }
+    }
+
+    pub fn task_started(&mut self, key: &Key, at: DateTime<Utc>, pid: u32) {
+        if let Some(c) = self.store.get_mut(key) {
             c.task_created = true;
             c.started_at = Some(at);
+            c.init = Some(Init { pid, running: true });
+        }
+    }
+
+    /// The init process is gone: it no longer runs, nor counts as running under emulation.
+    pub fn init_gone(&mut self, key: &Key) {
+        if let Some(init) = self.store.get_mut(key).and_then(|c| c.init.as_mut()) {
+            init.running = false;
+        }
+        self.store.uncount_emulated(key);
+    }
+
+    /// A container whose verdict is `emulated` that was not reported as such yet.
+    pub fn emulation_check(&self, key: &Key) -> Option<EmulationCheck<'_>> {
+        let c = self.store.get(key)?;
+        let Judgement::Known(i) = &c.judgement else {
+            return None;
+        };
+        if i.verdict != crate::inspect::Verdict::Emulated || c.emulation_noted {
+            return None;
+        }
+        Some(EmulationCheck {
+            who: &c.who,
+            inspection: i.clone(),
+            init: c.init,
+            deleted: c.deleted,
+        })
+    }
+
+    /// Containers reported as running under emulation whose init process runs but was not
+    /// confirmed to run under the emulator (its exec may not have happened when its start
+    /// was seen): each with the pid and verdict to confirm it by.
+    pub fn unconfirmed_emulation(&self) -> Vec<(Key, u32, Arc<Inspection>)> {
+        self.store
+            .iter()
+            .filter(|(_, c)| c.emulation_noted && c.emulated().is_none())
+            .filter_map(|(k, c)| {
+                let init = c.init.filter(|i| i.running)?;
+                match &c.judgement {
+                    Judgement::Known(i) if i.verdict == crate::inspect::Verdict::Emulated => {
+                        Some((k.clone(), init.pid, i.clone()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// `key` was confirmed to run under the emulator: counted under `label`.
+    pub fn emulation_confirmed(&mut self, key: &Key, label: &'static str) {
+        self.store.count_emulated(key, label);
+    }
+
+    /// `key` was reported as running under emulation; counted under `label` when its init
+    /// process was confirmed to run under the emulator.
+    pub fn emulation_noted(&mut self, key: &Key, counted: Option<&'static str>) {
+        if let Some(c) = self.store.get_mut(key) {
+            c.emulation_noted = true;
+        }
+        if let Some(label) = counted {
+            self.store.count_emulated(key, label);
         }
     }
 
@@ -371,7 +483,7 @@ impl Tracker {
         }
         let window = self.windows.exit_window;
         let node = self.node.clone();
-        let Some(c) = self.containers.get_mut(key) else {
+        let Some(c) = self.store.get_mut(key) else {
             return Vec::new();
         };
         c.task_created = true;
@@ -397,7 +509,7 @@ impl Tracker {
         at: Option<DateTime<Utc>>,
     ) -> Vec<Diagnosis> {
         let node = self.node.clone();
-        let Some(c) = self.containers.get_mut(key) else {
+        let Some(c) = self.store.get_mut(key) else {
             return Vec::new();
         };
         c.task_created = true;
@@ -415,23 +527,27 @@ impl Tracker {
     pub fn container_deleted(&mut self, key: &Key, now: DateTime<Utc>) -> Vec<Diagnosis> {
         let node = self.node.clone();
         self.reported.remove(key);
-        let Some(mut c) = self.containers.remove(key) else {
+        self.store.uncount_emulated(key);
+        let Some(c) = self.store.get_mut(key) else {
             return Vec::new();
         };
-        if matches!(c.verdict, Verdict::Pending) {
+        if matches!(c.judgement, Judgement::Pending) {
             // Its files are still being read (a fast `--rm` run): keep it until they are.
             if !c.task_created && c.pending.is_none() {
                 c.pending = Some(never_created(now));
             }
             c.deleted = true;
-            self.containers.insert(key.clone(), c);
             return Vec::new();
         }
-        if c.task_created || c.diagnosed {
-            return Vec::new();
-        }
-        let exit = never_created(now);
-        Self::decide(&node, &mut c, &exit).into_iter().collect()
+        let d = if c.task_created || c.diagnosed {
+            Vec::new()
+        } else {
+            Self::decide(&node, c, &never_created(now))
+                .into_iter()
+                .collect()
+        };
+        self.store.remove(key);
+        d
     }
 
     /// Periodic: failing containers that never got a task within the create window.
@@ -439,8 +555,8 @@ impl Tracker {
         let window = self.windows.create_window;
         let node = self.node.clone();
         let mut out = Vec::new();
-        for c in self.containers.values_mut() {
-            let known = matches!(c.verdict, Verdict::Known(_));
+        for c in self.store.values_mut() {
+            let known = matches!(c.judgement, Judgement::Known(_));
             if known && !c.task_created && !c.diagnosed && now - c.created_at >= window {
                 let exit = never_created(now);
                 out.extend(Self::decide(&node, c, &exit));
@@ -449,20 +565,24 @@ impl Tracker {
         out
     }
 
-    fn decide_or_wait(node: &str, c: &mut Container, exit: Exit) -> Vec<Diagnosis> {
-        if matches!(c.verdict, Verdict::Pending) {
-            c.pending = Some(exit);
+    /// Decides now if the verdict is known; otherwise the exit waits for it (the first
+    /// exit seen is kept: an event's exit says more than a listing's).
+    fn decide_or_wait(node: &str, c: &mut Record, exit: Exit) -> Vec<Diagnosis> {
+        if !matches!(c.judgement, Judgement::Known(_)) {
+            if c.pending.is_none() {
+                c.pending = Some(exit);
+            }
             return Vec::new();
         }
         Self::decide(node, c, &exit).into_iter().collect()
     }
 
-    fn decide(node: &str, c: &mut Container, exit: &Exit) -> Option<Diagnosis> {
+    fn decide(node: &str, c: &mut Record, exit: &Exit) -> Option<Diagnosis> {
         if c.diagnosed {
             return None;
         }
-        let Verdict::Known(i) = &c.verdict else {
-            if matches!(c.verdict, Verdict::Pending) {
+        let Judgement::Known(i) = &c.judgement else {
+            if c.pending.is_none() {
                 c.pending = Some(exit.clone());
             }
             return None;
@@ -511,6 +631,10 @@ mod tests {
         }
     }
 
+    fn ck(s: &str) -> CacheKey {
+        CacheKey::new(s, &[], None, "/")
+    }
+
     fn t(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
     }
@@ -520,12 +644,15 @@ mod tests {
         let mut tr = Tracker::new("n", Windows::default());
         assert!(tr.container_created(key("a"), t(0)));
         assert!(!tr.container_created(key("a"), t(0)));
-        assert!(tr.identified(&key("a"), Identity::default(), Some("k")).0);
+        assert!(
+            tr.identified(&key("a"), Identity::default(), Some(&ck("k")))
+                .0
+        );
         assert!(tr
-            .inspected(&key("a"), Some("k"), Some(insp(V::ArchMismatch)))
+            .inspected(&key("a"), Some(&ck("k")), Ok(insp(V::ArchMismatch)))
             .is_empty());
         tr.task_created(&key("a"));
-        tr.task_started(&key("a"), t(1));
+        tr.task_started(&key("a"), t(1), 1);
         assert!(
             tr.task_exited(&key("a"), "probe", 1, t(1)).is_empty(),
             "exec process exits do not count"
@@ -541,12 +668,12 @@ mod tests {
     fn healthy_and_late_exits_are_not_exec_failures() {
         let mut tr = Tracker::new("n", Windows::default());
         tr.container_created(key("ok"), t(0));
-        tr.inspected(&key("ok"), None, Some(insp(V::Ok)));
-        tr.task_started(&key("ok"), t(0));
+        tr.inspected(&key("ok"), None, Ok(insp(V::Ok)));
+        tr.task_started(&key("ok"), t(0), 1);
         assert!(tr.task_exited(&key("ok"), "ok", 1, t(1)).is_empty());
         tr.container_created(key("late"), t(0));
-        tr.inspected(&key("late"), None, Some(insp(V::ArchMismatch)));
-        tr.task_started(&key("late"), t(0));
+        tr.inspected(&key("late"), None, Ok(insp(V::ArchMismatch)));
+        tr.task_started(&key("late"), t(0), 1);
         assert!(tr.task_exited(&key("late"), "late", 1, t(3600)).is_empty());
     }
 
@@ -554,17 +681,20 @@ mod tests {
     fn exit_before_verdict_waits_for_it() {
         let mut tr = Tracker::new("n", Windows::default());
         tr.container_created(key("a"), t(0));
-        tr.task_started(&key("a"), t(0));
+        tr.task_started(&key("a"), t(0), 1);
         assert!(tr.task_exited(&key("a"), "a", 1, t(0)).is_empty());
-        assert!(tr.identified(&key("a"), Identity::default(), Some("k")).0);
-        let d = tr.inspected(&key("a"), Some("k"), Some(insp(V::ScriptCrlf)));
+        assert!(
+            tr.identified(&key("a"), Identity::default(), Some(&ck("k")))
+                .0
+        );
+        let d = tr.inspected(&key("a"), Some(&ck("k")), Ok(insp(V::ScriptCrlf)));
         assert_eq!(d.len(), 1);
         // The next container of the same image + argv hits the cache, even when its exit
         // arrives before its record is read.
         tr.container_created(key("b"), t(5));
-        tr.task_started(&key("b"), t(5));
+        tr.task_started(&key("b"), t(5), 1);
         assert!(tr.task_exited(&key("b"), "b", 1, t(5)).is_empty());
-        let (need, d) = tr.identified(&key("b"), Identity::default(), Some("k"));
+        let (need, d) = tr.identified(&key("b"), Identity::default(), Some(&ck("k")));
         assert!(!need);
         assert_eq!(d.len(), 1);
     }
@@ -573,19 +703,19 @@ mod tests {
     fn refused_at_create_is_diagnosed_from_silence_or_delete() {
         let mut tr = Tracker::new("n", Windows::default());
         tr.container_created(key("gone"), t(0));
-        tr.inspected(&key("gone"), None, Some(insp(V::NotFound)));
+        tr.inspected(&key("gone"), None, Ok(insp(V::NotFound)));
         let d = tr.container_deleted(&key("gone"), t(1));
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].signal, Signal::TaskNeverCreated);
 
         tr.container_created(key("stuck"), t(0));
-        tr.inspected(&key("stuck"), None, Some(insp(V::NotExecutable)));
+        tr.inspected(&key("stuck"), None, Ok(insp(V::NotExecutable)));
         assert!(tr.tick(t(2)).is_empty(), "inside the window");
         assert_eq!(tr.tick(t(6)).len(), 1);
         assert!(tr.tick(t(7)).is_empty(), "once");
 
         tr.container_created(key("fine"), t(0));
-        tr.inspected(&key("fine"), None, Some(insp(V::Ok)));
+        tr.inspected(&key("fine"), None, Ok(insp(V::Ok)));
         assert!(tr.tick(t(60)).is_empty());
     }
 
@@ -594,11 +724,11 @@ mod tests {
         let mut tr = Tracker::new("n", Windows::default());
         // Ran, failed and was removed (ctr run --rm) before its files were read.
         tr.container_created(key("fast"), t(0));
-        tr.task_started(&key("fast"), t(0));
+        tr.task_started(&key("fast"), t(0), 1);
         assert!(tr.task_exited(&key("fast"), "fast", 1, t(0)).is_empty());
         assert!(tr.container_deleted(&key("fast"), t(0)).is_empty());
         tr.identified(&key("fast"), Identity::default(), None);
-        let d = tr.inspected(&key("fast"), None, Some(insp(V::ArchMismatch)));
+        let d = tr.inspected(&key("fast"), None, Ok(insp(V::ArchMismatch)));
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].signal, Signal::TaskExit);
         tr.reap_deleted(&key("fast"));
@@ -606,7 +736,7 @@ mod tests {
         // Refused at create and removed before its files were read.
         tr.container_created(key("refused"), t(0));
         assert!(tr.container_deleted(&key("refused"), t(1)).is_empty());
-        let d = tr.inspected(&key("refused"), None, Some(insp(V::NotFound)));
+        let d = tr.inspected(&key("refused"), None, Ok(insp(V::NotFound)));
         assert_eq!(d[0].signal, Signal::TaskNeverCreated);
     }
 
@@ -614,16 +744,16 @@ mod tests {
     fn uninspectable_containers_are_never_guessed() {
         let mut tr = Tracker::new("n", Windows::default());
         tr.container_created(key("x"), t(0));
-        tr.task_started(&key("x"), t(0));
+        tr.task_started(&key("x"), t(0), 1);
         tr.task_exited(&key("x"), "x", 1, t(0));
-        assert!(tr.inspected(&key("x"), None, None).is_empty());
+        assert!(tr.inspected(&key("x"), None, Err(false)).is_empty());
     }
 
     #[test]
     fn stopped_before_watch_is_diagnosed_once() {
         let mut tr = Tracker::new("n", Windows::default());
         tr.container_created(key("a"), t(0));
-        tr.inspected(&key("a"), None, Some(insp(V::MissingLoader)));
+        tr.inspected(&key("a"), None, Ok(insp(V::MissingLoader)));
         let d = tr.task_stopped_before_watch(&key("a"), 1, Some(t(0)));
         assert_eq!(d[0].signal, Signal::StoppedBeforeWatch);
         assert!(tr
@@ -637,7 +767,7 @@ mod tests {
         tr.already_reported([key("old")]);
         // Seen at reconcile, dead, no task left (the CRI plugin deleted it).
         tr.container_created(key("old"), t(100));
-        tr.inspected(&key("old"), None, Some(insp(V::ArchMismatch)));
+        tr.inspected(&key("old"), None, Ok(insp(V::ArchMismatch)));
         let h = History::Exited {
             started_at: Some(t(0)),
             finished_at: Some(t(0)),
@@ -664,7 +794,7 @@ mod tests {
             tr.history(&key("ran"), h).is_empty(),
             "waits for its verdict"
         );
-        let d = tr.inspected(&key("ran"), None, Some(insp(V::ArchMismatch)));
+        let d = tr.inspected(&key("ran"), None, Ok(insp(V::ArchMismatch)));
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].signal, Signal::StoppedBeforeWatch);
         assert_eq!(d[0].exit_code, Some(1));
@@ -673,7 +803,7 @@ mod tests {
 
         // Ran for an hour, then crashed: not an exec failure.
         tr.container_created(key("long"), t(100));
-        tr.inspected(&key("long"), None, Some(insp(V::ArchMismatch)));
+        tr.inspected(&key("long"), None, Ok(insp(V::ArchMismatch)));
         let h = History::Exited {
             started_at: Some(t(0)),
             finished_at: Some(t(3600)),
@@ -684,10 +814,130 @@ mod tests {
 
         // Its start was refused: task_never_created at once, no window to wait.
         tr.container_created(key("refused"), t(100));
-        tr.inspected(&key("refused"), None, Some(insp(V::NotFound)));
+        tr.inspected(&key("refused"), None, Ok(insp(V::NotFound)));
         let d = tr.history(&key("refused"), History::StartFailed { at: Some(t(2)) });
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].signal, Signal::TaskNeverCreated);
         assert!(tr.tick(t(200)).is_empty(), "once");
+    }
+
+    #[test]
+    fn reconcile_prunes_every_bit_of_state_and_every_count() {
+        let mut tr = Tracker::new("n", Windows::default());
+        let mut emu = (*insp(V::Emulated)).clone();
+        emu.binary_arch = Some(Arch::Arm64);
+        for id in ["gone", "stays"] {
+            tr.container_created(key(id), t(0));
+            tr.inspected(&key(id), None, Ok(Arc::new(emu.clone())));
+            tr.task_started(&key(id), t(1), 42);
+            let check = tr
+                .emulation_check(&key(id))
+                .expect("emulated, not noted yet");
+            assert_eq!(check.init.map(|i| i.pid), Some(42));
+            tr.emulation_noted(&key(id), Some("arm64"));
+            assert!(tr.emulation_check(&key(id)).is_none(), "noted once");
+        }
+        assert_eq!(tr.emulated().collect::<Vec<_>>(), vec![("arm64", 2)]);
+        assert!(tr.unconfirmed_emulation().is_empty());
+        // Noted before its process exec'd: confirmed later, counted then.
+        tr.container_created(key("late"), t(0));
+        tr.inspected(&key("late"), None, Ok(Arc::new(emu.clone())));
+        tr.task_started(&key("late"), t(1), 43);
+        tr.emulation_noted(&key("late"), None);
+        let late = tr.unconfirmed_emulation();
+        assert_eq!((late.len(), late[0].1), (1, 43));
+        tr.emulation_confirmed(&key("late"), "arm64");
+        assert!(tr.unconfirmed_emulation().is_empty());
+        assert_eq!(tr.emulated().collect::<Vec<_>>(), vec![("arm64", 3)]);
+        // "gone" and "late" were deleted while the agent was disconnected: no event ever comes for it.
+        let again = tr.reconciled(&HashSet::from([key("stays")]));
+        assert!(again.is_empty());
+        assert_eq!(tr.len(), 1);
+        assert!(!tr.knows(&key("gone")) && !tr.knows(&key("late")));
+        assert_eq!(tr.emulated().collect::<Vec<_>>(), vec![("arm64", 1)]);
+        // Its init exits: counted no more, though still tracked.
+        tr.init_gone(&key("stays"));
+        assert_eq!(tr.emulated().collect::<Vec<_>>(), vec![("arm64", 0)]);
+        tr.reconciled(&HashSet::new());
+        assert!(tr.is_empty());
+    }
+
+    #[test]
+    fn what_a_dropped_connection_left_unjudged_is_judged_again_once() {
+        let mut tr = Tracker::new("n", Windows::default());
+        let all: HashSet<Key> = ["unread", "lost", "files", "busy", "fine"]
+            .into_iter()
+            .map(key)
+            .collect();
+        for k in &all {
+            tr.container_created(k.clone(), t(0));
+            tr.job_started(k);
+        }
+        // Its record could not be read (the connection dropped); its exit was seen.
+        tr.task_started(&key("unread"), t(1), 7);
+        assert!(tr.task_exited(&key("unread"), "unread", 1, t(1)).is_empty());
+        assert!(tr.inspected(&key("unread"), None, Err(true)).is_empty());
+        // Its job was lost.
+        tr.job_lost(&key("lost"));
+        // Its files could not be read: the same files would fail the same way.
+        tr.inspected(&key("files"), None, Err(false));
+        // Still being read; and one judged.
+        tr.inspected(&key("fine"), None, Ok(insp(V::Ok)));
+
+        let again = tr.reconciled(&all);
+        assert_eq!(again, vec![key("lost"), key("unread")]);
+        // The listing's stopped task does not replace the exit the event gave.
+        assert!(tr
+            .task_stopped_before_watch(&key("unread"), 1, Some(t(2)))
+            .is_empty());
+        for k in &again {
+            tr.job_started(k);
+        }
+        assert!(tr.reconciled(&all).is_empty(), "under way: not twice");
+        let d = tr.inspected(&key("unread"), None, Ok(insp(V::ArchMismatch)));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].signal, Signal::TaskExit);
+        assert_eq!(d[0].exited_at, Some(t(1)));
+        // The retry of "lost" fails too: once is all.
+        tr.inspected(&key("lost"), None, Err(true));
+        assert!(tr.reconciled(&all).is_empty(), "judged again once");
+        assert!(tr.task_exited(&key("unread"), "unread", 1, t(3)).is_empty());
+    }
+
+    #[test]
+    fn an_absurd_argv_costs_a_bounded_amount_in_the_tracker() {
+        let mut tr = Tracker::new("n", Windows::default());
+        let p = Process {
+            argv: vec!["/app".into(), "a".repeat(1 << 20)],
+            path_env: Some("p".repeat(1 << 20)),
+            cwd: "/".into(),
+        };
+        let k = p.cache_key(&"sha256:".repeat(1000));
+        assert_eq!(std::mem::size_of_val(&k), 32);
+        let mut i = (*insp(V::ArchMismatch)).clone();
+        i.argv = p.argv.clone();
+        tr.container_created(key("a"), t(0));
+        tr.inspected(&key("a"), Some(&k), Ok(Arc::new(i)));
+        assert!(tr.cache_bytes() <= 2048, "{}", tr.cache_bytes());
+        let (_, kept) = tr.verdict(&key("a")).unwrap();
+        assert!(kept.argv.iter().map(String::len).sum::<usize>() <= 1024);
+        assert!(Arc::ptr_eq(&kept, &tr.cached(&k).unwrap()), "one copy");
+    }
+
+    #[test]
+    fn what_an_earlier_run_reported_survives_the_prune_before_the_records_are_made() {
+        // The agent prunes first and creates the records of the listing after.
+        let mut tr = Tracker::new("n", Windows::default());
+        tr.already_reported([key("old"), key("gone")]);
+        assert!(tr
+            .reconciled(&HashSet::from([key("old"), key("new")]))
+            .is_empty());
+        assert_eq!(tr.reported_len(), 1, "only what is listed is kept");
+        tr.container_created(key("old"), t(100));
+        assert_eq!(tr.reported_len(), 0, "it went into the record");
+        tr.inspected(&key("old"), None, Ok(insp(V::ArchMismatch)));
+        assert!(tr
+            .task_stopped_before_watch(&key("old"), 1, Some(t(0)))
+            .is_empty());
     }
 }

@@ -36,7 +36,9 @@ pub struct Removed {
     pub in_namespace: bool,
 }
 
-/// The verdicts of the images on the node, by target digest.
+/// The verdicts of the images on the node, by target digest (each [capped]).
+///
+/// [capped]: super::cache::capped
 #[derive(Default)]
 pub struct Images {
     names: HashMap<Name, String>,
@@ -96,7 +98,8 @@ impl Images {
             return BTreeSet::new();
         };
         self.in_flight.remove(digest);
-        self.verdicts.insert(digest.to_string(), i);
+        self.verdicts
+            .insert(digest.to_string(), super::cache::capped(i));
         self.namespaces_of(digest)
     }
 

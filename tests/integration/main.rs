@@ -13,5 +13,6 @@ mod kube;
 mod leases;
 mod manifests;
 mod rootfs;
+mod state;
 mod support;
 mod verify;
