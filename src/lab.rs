@@ -365,6 +365,20 @@ impl Containerd {
         labels: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<RunOutcome, LabError> {
+        self.run_platform(ns, image, id, labels, None, timeout)
+    }
+
+    /// [`Containerd::run`] with `ctr run --platform`: the variant `platform` of a
+    /// multi-platform image, unpacked first if it is not (what a forced platform does).
+    pub fn run_platform(
+        &mut self,
+        ns: &str,
+        image: &str,
+        id: &str,
+        labels: &[(&str, &str)],
+        platform: Option<&str>,
+        timeout: Duration,
+    ) -> Result<RunOutcome, LabError> {
         self.note_ns(ns);
         let mut cmd = Command::new("timeout");
         cmd.arg(timeout.as_secs().max(1).to_string())
@@ -372,6 +386,9 @@ impl Containerd {
             .arg("--address")
             .arg(&self.socket)
             .args(["--namespace", ns, "run", "--rm"]);
+        if let Some(p) = platform {
+            cmd.arg("--platform").arg(p);
+        }
         for (k, v) in labels {
             cmd.arg("--label").arg(format!("{k}={v}"));
         }
