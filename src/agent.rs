@@ -1106,15 +1106,27 @@ impl Pipeline {
                 self.note_emulated(&key);
                 self.tracker.reap_deleted(&key);
             }
-            Done::ImageNamed { ns, name, digest } => {
+            Done::ImageNamed {
+                ns,
+                name,
+                digest,
+                index,
+            } => {
                 let Some(digest) = digest else {
                     self.images.unnamed(&(ns, name));
                     return;
                 };
                 let key = (ns.clone(), name.clone());
-                if self.images.digest_of(&key).is_some_and(|d| d != digest) {
+                let before = self.images.digest_of(&key).map(str::to_string);
+                if before.as_ref().is_some_and(|d| *d != digest) {
                     // Re-pointed: the old content loses this name.
                     self.image_name_gone(&ns, &name);
+                }
+                if index && before.as_ref() != Some(&digest) {
+                    // A name newly on an index can make the node's copy of a single-arch tag
+                    // of that repository stale (`stale_image`), which a cached verdict would
+                    // not say.
+                    self.tracker.clear_cache();
                 }
                 match self.images.named((ns.clone(), name.clone()), &digest) {
                     Named::Known(i) => self.show_image(&ns, &digest, &i),
@@ -1369,13 +1381,16 @@ impl Pipeline {
         let bounds = self.bounds.clone();
         self.jobs.spawn(async move {
             let _permit = bounds.lookup().await;
-            let digest = client
-                .image(&ns, &name)
-                .await
-                .ok()
-                .and_then(|i| i.target)
-                .map(|t| t.digest);
-            Some(Done::ImageNamed { ns, name, digest })
+            let target = client.image(&ns, &name).await.ok().and_then(|i| i.target);
+            let index = target
+                .as_ref()
+                .is_some_and(|t| crate::variant::is_index(&t.media_type));
+            Some(Done::ImageNamed {
+                ns,
+                name,
+                digest: target.map(|t| t.digest),
+                index,
+            })
         });
     }
 

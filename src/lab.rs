@@ -530,7 +530,19 @@ impl Registry {
 
     /// `skopeo copy` an OCI archive (tag `tag` inside it) to `repo:tag` here, plain HTTP.
     pub fn push(&self, archive: &Path, tag: &str, repo: &str) -> Result<String, LabError> {
-        let reference = format!("{}/{repo}:{tag}", self.addr);
+        self.push_as(archive, tag, repo, tag)
+    }
+
+    /// `skopeo copy` the image tagged `tag` in an OCI archive to `repo:as_tag` here (a tag
+    /// pushed again points at the new image).
+    pub fn push_as(
+        &self,
+        archive: &Path,
+        tag: &str,
+        repo: &str,
+        as_tag: &str,
+    ) -> Result<String, LabError> {
+        let reference = format!("{}/{repo}:{as_tag}", self.addr);
         let out = Command::new("skopeo")
             .args(["copy", "--all", "--dest-tls-verify=false"])
             .arg(format!("oci-archive:{}:{tag}", archive.display()))

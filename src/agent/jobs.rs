@@ -49,6 +49,8 @@ pub(super) enum Done {
         ns: String,
         name: String,
         digest: Option<String>,
+        /// The target is an index (a multi-arch image).
+        index: bool,
     },
     /// The inspection of `expected` (through `name`) ended.
     Image {
