@@ -37,6 +37,7 @@ use crate::binfmt::Table;
 use crate::containerd::event::{self, Envelope, Event};
 use crate::containerd::{self, Client, ContainerdError};
 use crate::diagnose::{Diagnosis, Identity};
+use crate::fix::FixCode;
 use crate::inspect::{Finding, Inspection, Verdict};
 use crate::pipeline::images::{Images, Named};
 use crate::pipeline::{CacheKey, History, Key, Process, Tracker, Windows};
@@ -52,7 +53,8 @@ mod emulation;
 mod jobs;
 
 use jobs::{
-    identify_job, inspect_off_runtime, Bounds, Done, ImageJob, ImageOutcome, InspectFailure,
+    identify_job, inspect_off_runtime, origin_of, stale_of, Bounds, Done, FromImage, ImageJob,
+    ImageOutcome, InspectFailure,
 };
 
 /// Everything the agent is told on the command line.
@@ -131,6 +133,7 @@ enum Record<'a> {
         node_arch: String,
         cause: &'a str,
         fix: &'a str,
+        fix_code: FixCode,
     },
     /// A container whose files could not be judged (unreadable record or snapshot, an
     /// inspection over its time budget): its exit, if it fails, cannot be diagnosed.
@@ -154,6 +157,7 @@ enum Record<'a> {
         reason: &'static str,
         cause: &'a str,
         fix: &'a str,
+        fix_code: FixCode,
         binary_arch: Option<String>,
         node_arch: String,
         #[serde(skip_serializing_if = "<[Finding]>::is_empty")]
@@ -224,6 +228,20 @@ impl Lookup {
         match self {
             Lookup::Live(c) => c.image(ns, name).await.ok()?.target.map(|t| t.digest),
             Lookup::Recorded(r) => r.images.get(&(ns.to_string(), name.to_string())).cloned(),
+        }
+    }
+
+    /// The parent of a container's snapshot (a recording has none).
+    async fn snapshot_parent(&self, ns: &str, snapshotter: &str, key: &str) -> Option<String> {
+        match self {
+            Lookup::Live(c) => match c.snapshot_parent(ns, snapshotter, key).await {
+                Ok(p) => p,
+                Err(e) => {
+                    debug!(key, error = %e, "Snapshot parent unreadable.");
+                    None
+                }
+            },
+            Lookup::Recorded(_) => None,
         }
     }
 
@@ -1054,6 +1072,7 @@ impl Pipeline {
                 cache_key,
                 layers,
                 history,
+                from,
             } => {
                 let (need, mut diagnoses) = self.tracker.identified(&key, *who, cache_key.as_ref());
                 if let Some(h) = history {
@@ -1063,7 +1082,7 @@ impl Pipeline {
                     self.sinks.exec_failure(&d);
                 }
                 if need {
-                    self.inspect_container(key, process, cache_key, layers);
+                    self.inspect_container(key, process, cache_key, layers, from);
                 } else {
                     self.note_emulated(&key);
                     self.tracker.reap_deleted(&key);
@@ -1087,15 +1106,27 @@ impl Pipeline {
                 self.note_emulated(&key);
                 self.tracker.reap_deleted(&key);
             }
-            Done::ImageNamed { ns, name, digest } => {
+            Done::ImageNamed {
+                ns,
+                name,
+                digest,
+                index,
+            } => {
                 let Some(digest) = digest else {
                     self.images.unnamed(&(ns, name));
                     return;
                 };
                 let key = (ns.clone(), name.clone());
-                if self.images.digest_of(&key).is_some_and(|d| d != digest) {
+                let before = self.images.digest_of(&key).map(str::to_string);
+                if before.as_ref().is_some_and(|d| *d != digest) {
                     // Re-pointed: the old content loses this name.
                     self.image_name_gone(&ns, &name);
+                }
+                if index && before.as_ref() != Some(&digest) {
+                    // A name newly on an index can make the node's copy of a single-arch tag
+                    // of that repository stale (`stale_image`), which a cached verdict would
+                    // not say.
+                    self.tracker.clear_cache();
                 }
                 match self.images.named((ns.clone(), name.clone()), &digest) {
                     Named::Known(i) => self.show_image(&ns, &digest, &i),
@@ -1243,6 +1274,7 @@ impl Pipeline {
             },
             cause: &i.cause,
             fix: &i.fix,
+            fix_code: i.fix_code,
             binary_arch: i.binary_arch.map(|a| a.to_string()),
             node_arch: i.node_arch.to_string(),
             findings: &i.findings,
@@ -1268,6 +1300,7 @@ impl Pipeline {
         process: Process,
         cache_key: Option<CacheKey>,
         layers: Vec<PathBuf>,
+        from: FromImage,
     ) {
         let node = self.cfg.node.clone();
         let binfmt = self.binfmt.clone();
@@ -1275,13 +1308,59 @@ impl Pipeline {
         let m = self.sinks.metrics.clone();
         let bounds = self.bounds.clone();
         let job_key = key.clone();
+        let live = match &self.client {
+            Some(Lookup::Live(c)) => Some(c.clone()),
+            _ => None,
+        };
         self.spawn_container_job(job_key, async move {
-            let _permit = bounds.container().await;
+            let ns = key.namespace.as_str();
+            // The variant the layers are, and what its config claims (a config that lies
+            // about the binary is the build stage's doing).
+            let origin = match (&live, &from.parent) {
+                (Some(c), Some(parent)) => {
+                    let _lookup = bounds.lookup().await;
+                    origin_of(c, ns, &from.image, parent, timeout).await
+                }
+                _ => None,
+            };
+            let claimed = origin
+                .as_ref()
+                .and_then(|o| o.config.as_ref())
+                .and_then(|c| c.arch());
+            let permit = bounds.container().await;
             // The table as it is when the inspection starts, not when it was queued.
             let table = binfmt.borrow().clone();
-            let result =
-                inspect_off_runtime(layers, process, None, node, table, timeout, &m, "container")
-                    .await;
+            let mut result = inspect_off_runtime(
+                layers,
+                process,
+                claimed,
+                node.clone(),
+                table,
+                timeout,
+                &m,
+                "container",
+            )
+            .await;
+            drop(permit);
+            // A verdict about a binary of another arch: was the variant forced, or is the
+            // node's copy of the tag stale?
+            if let (Ok(i), Some(o)) = (&mut result, &origin) {
+                if crate::fix::variant_matters(i) {
+                    let v = match (&from.parent, &live) {
+                        (Some(parent), _) if !o.manifests.is_empty() => {
+                            o.forced(&from.image, parent, &node)
+                        }
+                        (_, Some(c)) if o.manifests.is_empty() => {
+                            let _lookup = bounds.lookup().await;
+                            stale_of(c, ns, &from.image, &o.target_digest, &node, timeout).await
+                        }
+                        _ => None,
+                    };
+                    if let Some(v) = v {
+                        crate::fix::note_variant(i, &v);
+                    }
+                }
+            }
             Done::ContainerInspected {
                 key,
                 cache_key,
@@ -1302,13 +1381,16 @@ impl Pipeline {
         let bounds = self.bounds.clone();
         self.jobs.spawn(async move {
             let _permit = bounds.lookup().await;
-            let digest = client
-                .image(&ns, &name)
-                .await
-                .ok()
-                .and_then(|i| i.target)
-                .map(|t| t.digest);
-            Some(Done::ImageNamed { ns, name, digest })
+            let target = client.image(&ns, &name).await.ok().and_then(|i| i.target);
+            let index = target
+                .as_ref()
+                .is_some_and(|t| crate::variant::is_index(&t.media_type));
+            Some(Done::ImageNamed {
+                ns,
+                name,
+                digest: target.map(|t| t.digest),
+                index,
+            })
         });
     }
 

@@ -58,6 +58,10 @@ struct Scenario {
     image: String,
     /// Expected verdict (`None`: healthy, must stay silent).
     expect: Option<&'static str>,
+    /// `ctr run --platform`: a variant forced on this node.
+    platform: Option<String>,
+    /// Warned about when pulled (the node's own variant of a multi-arch image is not).
+    warned: bool,
 }
 
 fn say(s: impl AsRef<str>) {
@@ -217,6 +221,8 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
             pod,
             image: tag.to_string(),
             expect,
+            platform: None,
+            warned: expect.is_some(),
         });
         Ok(())
     };
@@ -341,6 +347,8 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
                 pod: "api-6e0a",
                 image: reference,
                 expect: Some("arch_mismatch"),
+                platform: None,
+                warned: true,
             });
         } else {
             say(format!(
@@ -349,13 +357,43 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
             ));
         }
     }
+    // A multi-arch tag whose index holds both platforms, and the node runs the other one:
+    // its platform forced (`ctr run --platform`, as a forced pull or a runtime default does).
+    let orders = "registry.example/shop/orders:3.0";
+    say(format!(
+        "  building image {orders:<44} (an index of linux/{native} and linux/{foreign})"
+    ));
+    let mut l = Layout::new();
+    let variants = [(native, &bb_native), (foreign, &bb_foreign)]
+        .into_iter()
+        .map(|(arch, b)| {
+            l.add_image(&ImageSpec::new(
+                arch,
+                &["/bin/busybox", "true"],
+                vec![Layer(vec![bb(b)])],
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let idx = l.add_index(variants)?;
+    l.tag(orders, &idx);
+    let p = work.path().join("orders.tar");
+    l.write_archive(&p)?;
+    tokio::task::block_in_place(|| ctd.import(NS, &p))?;
+    scenarios.push(Scenario {
+        title: "a multi-arch tag, and the node runs the wrong variant: its platform forced",
+        pod: "orders-4c2f",
+        image: orders.to_string(),
+        expect: Some("arch_mismatch"),
+        platform: Some(format!("linux/{foreign}")),
+        warned: false,
+    });
     if stop.is_cancelled() {
         return Err(DemoError::Interrupted);
     }
 
     // Images are judged as soon as they are pulled, before anything runs.
     say("\nWarnings when the images were pulled (before anything ran):");
-    let n_warn = scenarios.iter().filter(|s| s.expect.is_some()).count();
+    let n_warn = scenarios.iter().filter(|s| s.warned).count();
     let deadline = Instant::now() + Duration::from_secs(30);
     while journal_lines(&journal)
         .iter()
@@ -397,8 +435,9 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        let platform = s.platform.as_deref();
         let mut run = tokio::task::block_in_place(|| {
-            ctd.run(NS, &s.image, &id, &lbl, Duration::from_secs(30))
+            ctd.run_platform(NS, &s.image, &id, &lbl, platform, Duration::from_secs(30))
         })?;
         // `ctr run --rm` can lose a fast-exiting task's output on a loaded machine; the pod
         // would restart anyway, so run it again to show what the runtime says.
@@ -408,7 +447,14 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
             }
             let retry_id = format!("{}-{attempt}", s.pod);
             run = tokio::task::block_in_place(|| {
-                ctd.run(NS, &s.image, &retry_id, &lbl, Duration::from_secs(30))
+                ctd.run_platform(
+                    NS,
+                    &s.image,
+                    &retry_id,
+                    &lbl,
+                    platform,
+                    Duration::from_secs(30),
+                )
             })?;
         }
         let said = run
@@ -420,6 +466,12 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
             .trim()
             .to_string();
         say(format!("● {} — pod shop/{}", s.title, s.pod));
+        if let Some(p) = platform {
+            say(format!(
+                "  ran as:        ctr run --platform {p} {}",
+                s.image
+            ));
+        }
         say(format!(
             "  runtime said:  {}",
             if said.is_empty() {
@@ -440,6 +492,17 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
                         d["verdict"].as_str().unwrap_or(""),
                         d["reason"].as_str().unwrap_or(""),
                         wrap(d["cause"].as_str().unwrap_or(""), 80, "                 ")
+                    ));
+                    for f in d["findings"].as_array().into_iter().flatten() {
+                        say(format!(
+                            "  finding:       {}: {}",
+                            f["code"].as_str().unwrap_or(""),
+                            wrap(f["detail"].as_str().unwrap_or(""), 80, "                 ")
+                        ));
+                    }
+                    say(format!(
+                        "  fix_code:      {}",
+                        d["fix_code"].as_str().unwrap_or("")
                     ));
                     say(format!(
                         "  fix:           {}",
@@ -615,6 +678,10 @@ async fn emulation_scene(
                 "  archwatch:     emulated ({}) — {}",
                 l["reason"].as_str().unwrap_or(""),
                 wrap(l["cause"].as_str().unwrap_or(""), 80, "                 ")
+            ));
+            say(format!(
+                "  fix_code:      {}",
+                l["fix_code"].as_str().unwrap_or("")
             ));
             say(format!(
                 "  fix:           {}",

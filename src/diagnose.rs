@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::fix::FixCode;
 use crate::inspect::{Finding, Inspection, Verdict};
 
 /// Who failed: from the containerd container record and its CRI labels.
@@ -112,6 +113,8 @@ pub struct Diagnosis {
     pub symptom: &'static str,
     pub cause: String,
     pub fix: String,
+    /// What to change, as a code from a closed set.
+    pub fix_code: FixCode,
     pub binary_arch: Option<String>,
     /// Closed-set metric label for `binary_arch` (`unknown` when no ELF decided the verdict).
     #[serde(skip)]
@@ -143,6 +146,7 @@ pub fn diagnose(node: &str, who: &Identity, i: &Inspection, exit: &Exit) -> Opti
         symptom: i.verdict.symptom(),
         cause: i.cause.clone(),
         fix: i.fix.clone(),
+        fix_code: i.fix_code,
         binary_arch: i.binary_arch.map(|a| a.to_string()),
         binary_arch_label: i.binary_arch.map(|a| a.label()).unwrap_or("unknown"),
         node_arch: i.node_arch.to_string(),
@@ -182,6 +186,7 @@ mod tests {
             verdict: v,
             cause: "c".into(),
             fix: "f".into(),
+            fix_code: FixCode::PublishMultiarch,
             symptom: v.symptom(),
             argv: vec!["/app".into()],
             node_arch: Arch::Amd64,
@@ -242,6 +247,7 @@ mod tests {
                 assert_eq!(d.reason, v.event_reason());
                 assert_eq!(d.identity.namespace(), "team");
                 assert_eq!(d.binary_arch.as_deref(), Some("arm64"));
+                assert_eq!(d.fix_code, FixCode::PublishMultiarch);
             }
         }
     }

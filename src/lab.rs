@@ -365,6 +365,20 @@ impl Containerd {
         labels: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<RunOutcome, LabError> {
+        self.run_platform(ns, image, id, labels, None, timeout)
+    }
+
+    /// [`Containerd::run`] with `ctr run --platform`: the variant `platform` of a
+    /// multi-platform image, unpacked first if it is not (what a forced platform does).
+    pub fn run_platform(
+        &mut self,
+        ns: &str,
+        image: &str,
+        id: &str,
+        labels: &[(&str, &str)],
+        platform: Option<&str>,
+        timeout: Duration,
+    ) -> Result<RunOutcome, LabError> {
         self.note_ns(ns);
         let mut cmd = Command::new("timeout");
         cmd.arg(timeout.as_secs().max(1).to_string())
@@ -372,6 +386,9 @@ impl Containerd {
             .arg("--address")
             .arg(&self.socket)
             .args(["--namespace", ns, "run", "--rm"]);
+        if let Some(p) = platform {
+            cmd.arg("--platform").arg(p);
+        }
         for (k, v) in labels {
             cmd.arg("--label").arg(format!("{k}={v}"));
         }
@@ -513,7 +530,19 @@ impl Registry {
 
     /// `skopeo copy` an OCI archive (tag `tag` inside it) to `repo:tag` here, plain HTTP.
     pub fn push(&self, archive: &Path, tag: &str, repo: &str) -> Result<String, LabError> {
-        let reference = format!("{}/{repo}:{tag}", self.addr);
+        self.push_as(archive, tag, repo, tag)
+    }
+
+    /// `skopeo copy` the image tagged `tag` in an OCI archive to `repo:as_tag` here (a tag
+    /// pushed again points at the new image).
+    pub fn push_as(
+        &self,
+        archive: &Path,
+        tag: &str,
+        repo: &str,
+        as_tag: &str,
+    ) -> Result<String, LabError> {
+        let reference = format!("{}/{repo}:{as_tag}", self.addr);
         let out = Command::new("skopeo")
             .args(["copy", "--all", "--dest-tls-verify=false"])
             .arg(format!("oci-archive:{}:{tag}", archive.display()))

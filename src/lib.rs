@@ -11,8 +11,10 @@
 //! [`agent`] (tasks and channels) and its pure state machine [`pipeline`]; [`image`] resolves
 //! index → manifest → config; [`rootfs`] resolves paths inside a layer stack without ever
 //! leaving it; [`inspect`] walks argv[0] like the kernel's execve (with [`platform`] and
-//! [`binfmt`]); [`diagnose`] joins a verdict with an exit into one [`diagnose::Diagnosis`];
-//! [`sinks`] report it. [`oci`], [`lab`] and [`demo`] build and run incident images on a
+//! [`binfmt`]); [`variant`] tells which platform's manifest a container runs and [`fix`]
+//! chooses the fix that fits the cause (a code from a closed set, and its sentence);
+//! [`diagnose`] joins a verdict with an exit into one [`diagnose::Diagnosis`]; [`sinks`]
+//! report it. [`oci`], [`lab`] and [`demo`] build and run incident images on a
 //! private containerd; [`report`] renders the CLI's human output.
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,7 @@ pub mod binfmt;
 pub mod containerd;
 pub mod demo;
 pub mod diagnose;
+pub mod fix;
 pub mod image;
 pub mod inspect;
 pub mod lab;
@@ -33,4 +36,5 @@ pub mod rootfs;
 pub mod sinks;
 pub mod source;
 pub mod tls;
+pub mod variant;
 pub mod verify;

@@ -567,7 +567,7 @@ fn run_events(a: EventsArgs) -> anyhow::Result<u8> {
                     "sequence": d.sequence, "diagnosed_at": ts(&d.diagnosed_at), "exited_at": ts(&d.exited_at),
                     "node": d.node, "pod_namespace": d.pod_namespace, "pod": d.pod, "container": d.container,
                     "container_id": d.container_id, "image": d.image, "verdict": d.verdict, "reason": d.reason,
-                    "signal": d.signal, "exit_code": d.exit_code, "cause": d.cause, "fix": d.fix,
+                    "signal": d.signal, "exit_code": d.exit_code, "cause": d.cause, "fix": d.fix, "fix_code": d.fix_code,
                     "binary_arch": d.binary_arch, "node_arch": d.node_arch, "findings": d.findings,
                 });
                 println!("{v}");
@@ -575,7 +575,7 @@ fn run_events(a: EventsArgs) -> anyhow::Result<u8> {
                 let who = if d.pod.is_empty() { format!("container {}", d.container_id) } else { format!("{}/{} {}", d.pod_namespace, d.pod, d.container) };
                 println!("{}  {who}  {}  {}", ts(&d.exited_at), d.image, d.verdict);
                 println!("    {}", d.cause);
-                println!("    fix: {}", d.fix);
+                println!("    fix ({}): {}", d.fix_code, d.fix);
             }
         }
         anyhow::Ok(())
@@ -593,7 +593,7 @@ fn run_status(a: StatusArgs) -> anyhow::Result<u8> {
         if a.json {
             let imgs: Vec<serde_json::Value> = images
                 .iter()
-                .map(|i| serde_json::json!({"namespace": i.containerd_namespace, "image": i.image, "digest": i.digest, "verdict": i.verdict, "binary_arch": i.binary_arch, "cause": i.cause, "findings": i.findings}))
+                .map(|i| serde_json::json!({"namespace": i.containerd_namespace, "image": i.image, "digest": i.digest, "verdict": i.verdict, "binary_arch": i.binary_arch, "cause": i.cause, "fix": i.fix, "fix_code": i.fix_code, "findings": i.findings}))
                 .collect();
             println!("{}", serde_json::json!({"node": st.node, "node_arch": st.node_arch, "containerd_connected": st.containerd_connected, "ready": st.ready, "diagnoses": st.diagnoses, "version": st.version, "tracked_containers": st.tracked_containers, "images": imgs}));
         } else {

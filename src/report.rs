@@ -28,7 +28,7 @@ pub fn inspection(i: &Inspection, node: &Node) -> String {
         let _ = writeln!(s, "binary:  linux/{a} ({})", a.uname());
     }
     let _ = writeln!(s, "cause:   {}", i.cause);
-    let _ = writeln!(s, "fix:     {}", i.fix);
+    let _ = writeln!(s, "fix:     {} ({})", i.fix, i.fix_code);
     for f in &i.findings {
         let _ = writeln!(s, "note:    {}: {}", f.code, f.detail);
     }

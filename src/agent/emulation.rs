@@ -59,6 +59,7 @@ impl Pipeline {
             node_arch: i.node_arch.to_string(),
             cause: &i.cause,
             fix: &i.fix,
+            fix_code: i.fix_code,
         });
     }
 

@@ -34,6 +34,7 @@ pub(super) enum Done {
         layers: Vec<PathBuf>,
         /// Asked at reconcile for a container without a task: what the runtime remembers.
         history: Option<History>,
+        from: FromImage,
     },
     Sandbox(Key),
     ContainerInspected {
@@ -48,6 +49,8 @@ pub(super) enum Done {
         ns: String,
         name: String,
         digest: Option<String>,
+        /// The target is an index (a multi-arch image).
+        index: bool,
     },
     /// The inspection of `expected` (through `name`) ended.
     Image {
@@ -56,6 +59,15 @@ pub(super) enum Done {
         expected: String,
         outcome: ImageOutcome,
     },
+}
+
+/// Where a container's files come from: its image's name and the layers its snapshot was
+/// made on (which variant of a multi-platform image it runs).
+#[derive(Clone, Debug, Default)]
+pub(super) struct FromImage {
+    pub(super) image: String,
+    /// The parent of the container's snapshot: the chain ID of the image layers.
+    pub(super) parent: Option<String>,
 }
 
 /// Why a container or image could not be inspected.
@@ -215,6 +227,9 @@ pub(super) async fn identify_job(
         }
     };
     let digest = client.image_digest(&key.namespace, &c.image).await;
+    let parent = client
+        .snapshot_parent(&key.namespace, &c.snapshotter, &c.snapshot_key)
+        .await;
     let history = if ask_history && containerd::cri::is_cri_container(&c) {
         client.cri_history(&key.namespace, &key.id).await
     } else {
@@ -239,9 +254,14 @@ pub(super) async fn identify_job(
         path_env: spec.path_env,
         cwd: spec.cwd,
     };
-    // Same image content + same process = same verdict; without a digest, the snapshot key
-    // names the content.
-    let content = digest.unwrap_or_else(|| format!("{}/{}", c.snapshotter, c.snapshot_key));
+    // Same image content + same layers + same process = same verdict. The layers matter: the
+    // containers of one multi-platform image may run different variants of it (a forced
+    // platform). Without a digest, the snapshot key names the content.
+    let content = match (digest, &parent) {
+        (Some(d), Some(p)) => format!("{d}/{p}"),
+        (Some(d), None) => d,
+        (None, _) => format!("{}/{}", c.snapshotter, c.snapshot_key),
+    };
     let cache_key = Some(process.cache_key(&content));
     Done::Identified {
         key,
@@ -250,6 +270,10 @@ pub(super) async fn identify_job(
         cache_key,
         layers,
         history,
+        from: FromImage {
+            image: c.image.clone(),
+            parent,
+        },
     }
 }
 
@@ -281,10 +305,11 @@ impl ImageJob {
         let target = match resolved {
             Ok(t) => t,
             Err(e @ ContainerdError::NoPlatform { .. }) => {
-                let inspection = Inspection {
+                let mut inspection = Inspection {
                 verdict: Verdict::ArchMismatch,
                 cause: format!("{e}: this node cannot pull or run it"),
                 fix: format!("Publish the image as a multi-arch index that includes linux/{} (docker buildx build --platform ...).", node.arch),
+                fix_code: crate::fix::FixCode::None,
                 symptom: Verdict::ArchMismatch.symptom(),
                 argv: Vec::new(),
                 node_arch: node.arch,
@@ -294,6 +319,7 @@ impl ImageJob {
                 findings: vec![Finding { code: "index_lacks_node_platform", detail: e.to_string() }],
                 bytes_read: 0,
             };
+                crate::fix::settle(&mut inspection);
                 let digest = client
                     .image(ns, name)
                     .await
@@ -376,6 +402,17 @@ impl ImageJob {
         match result {
             Ok(mut i) => {
                 i.findings.append(&mut findings);
+                crate::fix::settle(&mut i);
+                // A single-arch image that an index on the node lists beside a variant for
+                // the node: a stale copy of the tag.
+                if target.index_platforms.is_empty() && crate::fix::variant_matters(&i) {
+                    let _lookup = self.bounds.lookup().await;
+                    let manifest = &target.manifest_digest;
+                    if let Some(v) = stale_of(client, ns, name, manifest, node, self.timeout).await
+                    {
+                        crate::fix::note_variant(&mut i, &v);
+                    }
+                }
                 ImageOutcome::Verdict {
                     digest: target.target_digest,
                     inspection: Arc::new(i),
@@ -391,6 +428,54 @@ impl ImageJob {
                 );
                 ImageOutcome::Failed
             }
+        }
+    }
+}
+
+/// Where the layers `parent` of image `name` come from, within `timeout` (the answer only
+/// adds to a verdict: a lookup that fails or takes too long says nothing).
+pub(super) async fn origin_of(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    parent: &str,
+    timeout: Duration,
+) -> Option<containerd::Origin> {
+    match tokio::time::timeout(timeout, client.origin(ns, name, parent)).await {
+        Ok(Ok(o)) => Some(o),
+        Ok(Err(e)) => {
+            debug!(image = name, error = %e, "Image of the container unreadable.");
+            None
+        }
+        Err(_) => {
+            debug!(image = name, "Image of the container: no answer in time.");
+            None
+        }
+    }
+}
+
+/// Whether the single-arch image `name` (manifest `manifest`) is a stale copy of a tag,
+/// within `timeout`.
+pub(super) async fn stale_of(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    manifest: &str,
+    node: &Node,
+    timeout: Duration,
+) -> Option<crate::variant::Variant> {
+    match tokio::time::timeout(timeout, client.stale(ns, name, manifest, node)).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            debug!(image = name, error = %e, "Indexes of the repository unreadable.");
+            None
+        }
+        Err(_) => {
+            debug!(
+                image = name,
+                "Indexes of the repository: no answer in time."
+            );
+            None
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::Utc;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
-    MountsRequest, RemoveSnapshotRequest, ViewSnapshotRequest,
+    MountsRequest, RemoveSnapshotRequest, StatSnapshotRequest, ViewSnapshotRequest,
 };
 use containerd_client::services::v1::{
     containers_client::ContainersClient, content_client::ContentClient,
@@ -32,6 +32,7 @@ use tonic::Request;
 
 use crate::image::{self, Doc, MAX_DOC_BYTES};
 use crate::platform::Node;
+use crate::variant::{self, Variant};
 
 /// How long a view's lease lives if the agent dies before removing it (default).
 pub const LEASE_TTL: Duration = Duration::from_secs(600);
@@ -120,6 +121,27 @@ pub struct ImageTarget {
     /// Platforms the index lists (empty for a single manifest).
     pub index_platforms: Vec<String>,
     pub config: image::Config,
+}
+
+/// Where a container's layers come from, as the node's content store has it.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    /// The image's target: an index, or a single manifest.
+    pub target_digest: String,
+    /// The index's manifests (attestations aside) with their chain IDs; empty for a single
+    /// manifest.
+    pub manifests: Vec<variant::Manifest>,
+    /// The config of the manifest whose layers the container runs on.
+    pub config: Option<image::Config>,
+}
+
+impl Origin {
+    /// What the node's content says about the variant the layers `parent` of image `name`
+    /// are: `Forced` when they are another platform than the node's own of an index that
+    /// holds it. (A single manifest is asked about with [`Client::stale`].)
+    pub fn forced(&self, name: &str, parent: &str, node: &Node) -> Option<Variant> {
+        variant::forced(name, &self.target_digest, &self.manifests, parent, node)
+    }
 }
 
 /// A read-only view of an image's top snapshot, under its own expiring lease.
@@ -419,6 +441,122 @@ impl Client {
         {
             tracing::debug!(lease = %view.lease, error = %e, "Lease removal failed; it expires by itself.");
         }
+    }
+
+    /// The parent of a snapshot: for a container's rootfs, the chain ID of the image layers
+    /// it was made from (`None` for a snapshot without a parent).
+    pub async fn snapshot_parent(
+        &self,
+        ns: &str,
+        snapshotter: &str,
+        key: &str,
+    ) -> Result<Option<String>, ContainerdError> {
+        let mut snaps = SnapshotsClient::new(self.channel.clone());
+        let r = snaps
+            .stat(req(
+                StatSnapshotRequest {
+                    snapshotter: snapshotter.into(),
+                    key: key.into(),
+                },
+                ns,
+            ))
+            .await
+            .map_err(rpc("Snapshots.Stat"))?;
+        Ok(r.into_inner()
+            .info
+            .map(|i| i.parent)
+            .filter(|p| !p.is_empty()))
+    }
+
+    /// A manifest's config, when the manifest and its config are here.
+    async fn manifest_config(&self, ns: &str, digest: &str) -> Option<image::Config> {
+        let Doc::Manifest { config, .. } =
+            image::parse_doc(&self.blob(ns, digest).await.ok()?).ok()?
+        else {
+            return None;
+        };
+        image::parse_config(&self.blob(ns, &config.digest).await.ok()?).ok()
+    }
+
+    /// Where the layers `parent` (a container snapshot's parent) of image `name` come from:
+    /// the image's target, the manifests of its index with their chain IDs, and the config
+    /// of the manifest whose layers they are (what that variant claims to be).
+    pub async fn origin(
+        &self,
+        ns: &str,
+        name: &str,
+        parent: &str,
+    ) -> Result<Origin, ContainerdError> {
+        let img = self.image(ns, name).await?;
+        let target = img.target.ok_or(ContainerdError::Missing("image target"))?;
+        let mut origin = Origin {
+            target_digest: target.digest.clone(),
+            manifests: Vec::new(),
+            config: None,
+        };
+        match image::parse_doc(&self.blob(ns, &target.digest).await?)? {
+            Doc::Index(entries) => {
+                for entry in entries
+                    .into_iter()
+                    .filter(|e| e.os != "unknown")
+                    .take(variant::MANIFESTS_MAX)
+                {
+                    let config = self.manifest_config(ns, &entry.desc.digest).await;
+                    let chain_id = config.as_ref().and_then(|c| c.chain_id());
+                    if origin.config.is_none() && chain_id.as_deref() == Some(parent) {
+                        origin.config = config;
+                    }
+                    origin.manifests.push(variant::Manifest { entry, chain_id });
+                }
+            }
+            Doc::Manifest { config, .. } => {
+                let config = image::parse_config(&self.blob(ns, &config.digest).await?)?;
+                // The name may point elsewhere now than when the container was made.
+                if config.chain_id().as_deref() == Some(parent) {
+                    origin.config = Some(config);
+                }
+            }
+        }
+        Ok(origin)
+    }
+
+    /// Whether image `name`, which resolves to the single manifest `manifest`, is a stale
+    /// copy: an index of the same repository on the node lists that manifest beside another
+    /// variant for the node. See [`crate::variant`].
+    pub async fn stale(
+        &self,
+        ns: &str,
+        name: &str,
+        manifest: &str,
+        node: &Node,
+    ) -> Result<Option<Variant>, ContainerdError> {
+        let repo = variant::repository(name);
+        let mut indexes: Vec<variant::Index> = Vec::new();
+        for other in self.images(ns).await? {
+            if indexes.len() >= variant::INDEXES_MAX {
+                break;
+            }
+            let Some(t) = other.target.filter(|t| variant::is_index(&t.media_type)) else {
+                continue;
+            };
+            if other.name == name
+                || variant::repository(&other.name) != repo
+                || indexes.iter().any(|i| i.digest == t.digest)
+            {
+                continue;
+            }
+            let Ok(bytes) = self.blob(ns, &t.digest).await else {
+                continue;
+            };
+            if let Ok(Doc::Index(entries)) = image::parse_doc(&bytes) {
+                indexes.push(variant::Index {
+                    name: other.name,
+                    digest: t.digest,
+                    entries,
+                });
+            }
+        }
+        Ok(variant::stale(name, manifest, &indexes, node))
     }
 
     /// Layer directories of an existing snapshot (a container's rootfs).

@@ -55,6 +55,8 @@ pub struct Inspection {
     pub cause: String,
     /// One sentence: what to change.
     pub fix: String,
+    /// What to change, as a code from a closed set ([`crate::fix`] chooses it).
+    pub fix_code: crate::fix::FixCode,
     /// What the kernel or runtime will say.
     pub symptom: &'static str,
     pub argv: Vec<String>,
@@ -172,10 +174,11 @@ pub fn inspect<L: Layers>(
             });
         }
     }
-    Ok(Inspection {
+    let mut inspection = Inspection {
         verdict: d.verdict,
         cause: d.cause,
         fix: d.fix,
+        fix_code: crate::fix::FixCode::None,
         symptom: d.verdict.symptom(),
         argv: req.argv.to_vec(),
         node_arch: ctx.node.arch,
@@ -184,7 +187,9 @@ pub fn inspect<L: Layers>(
         chain: w.chain,
         findings: w.findings,
         bytes_read: w.bytes,
-    })
+    };
+    crate::fix::settle(&mut inspection);
+    Ok(inspection)
 }
 
 fn same_arch(a: Arch, b: Arch) -> bool {

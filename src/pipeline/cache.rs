@@ -278,6 +278,7 @@ mod tests {
             verdict: Verdict::ArchMismatch,
             cause: "c".into(),
             fix: "f".into(),
+            fix_code: crate::fix::FixCode::PublishMultiarch,
             symptom: Verdict::ArchMismatch.symptom(),
             argv,
             node_arch: Arch::Amd64,

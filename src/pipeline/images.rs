@@ -245,6 +245,7 @@ mod tests {
             verdict: v,
             cause: "c".into(),
             fix: "f".into(),
+            fix_code: crate::fix::FixCode::PublishMultiarch,
             symptom: v.symptom(),
             argv: vec!["/app".into()],
             node_arch: Arch::Amd64,

@@ -91,6 +91,7 @@ impl ApiState {
             symptom: d.symptom.into(),
             cause: d.cause.clone(),
             fix: d.fix.clone(),
+            fix_code: d.fix_code.code().into(),
             binary_arch: d.binary_arch.clone().unwrap_or_default(),
             node_arch: d.node_arch.clone(),
             signal: serde_json::to_value(d.signal)
@@ -131,6 +132,7 @@ impl ApiState {
                 .map(|f| format!("{}: {}", f.code, f.detail))
                 .collect(),
             handler: i.handler.clone().unwrap_or_default(),
+            fix_code: i.fix_code.code().into(),
         };
         let mut images = lock(&self.images);
         images.insert((ns.into(), digest.into()), v);

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::binfmt::Table;
+use crate::fix::{self, FixCode};
 use crate::image::{self, Doc, MAX_DOC_BYTES};
 use crate::inspect::{self, Finding, Request, Verdict};
 use crate::platform::{Arch, Node};
@@ -133,6 +134,8 @@ pub struct PlatformReport {
     pub binary_arch: Option<String>,
     pub cause: String,
     pub fix: String,
+    /// What to change, from the closed set of [`FixCode`] (`none` when it runs).
+    pub fix_code: FixCode,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub findings: Vec<Finding>,
     /// Layers decompressed to decide (of `layers`).
@@ -149,6 +152,10 @@ pub struct Report {
     pub platforms: Vec<PlatformReport>,
     pub missing_platforms: Vec<String>,
     pub ok: bool,
+    /// What to change for the whole image: the first failing platform's code, else
+    /// `publish_multiarch` (a platform missing, or no index), else `deploy_by_digest`.
+    pub fix_code: FixCode,
+    pub fix: String,
 }
 
 /// Verifies a registry reference (`registry/repo:tag` or `...@sha256:...`).
@@ -214,12 +221,24 @@ pub fn verify(target: &Path, required: &[String]) -> Result<Report, VerifyError>
     let ok = !platforms.is_empty()
         && missing_platforms.is_empty()
         && platforms.iter().all(|p| p.verdict == Verdict::Ok);
+    let codes: Vec<FixCode> = platforms.iter().map(|p| p.fix_code).collect();
+    let whole = fix::for_image(&codes, &missing_platforms, deploy_digest.is_some());
+    let fix = match whole.sentence {
+        Some(s) => s,
+        None => platforms
+            .iter()
+            .find(|p| p.fix_code == whole.code)
+            .map(|p| format!("{}: {}", p.platform, p.fix))
+            .unwrap_or_default(),
+    };
     Ok(Report {
         target: target.display().to_string(),
         deploy_digest,
         platforms,
         missing_platforms,
         ok,
+        fix_code: whole.code,
+        fix,
     })
 }
 
@@ -332,6 +351,7 @@ fn check(
         binary_arch: None,
         cause: String::new(),
         fix: String::new(),
+        fix_code: FixCode::None,
         findings: Vec::new(),
         layers_read: 0,
         layers: n_layers,
@@ -341,6 +361,7 @@ fn check(
         report.fix =
             "Publish the image with a standard OCI platform (linux/amd64, linux/arm64, ...)."
                 .into();
+        report.fix_code = FixCode::PublishMultiarch;
         return report;
     };
     if !same_platform(&platform, &config_platform) {
@@ -378,11 +399,13 @@ fn check(
             report.binary_arch = i.binary_arch.map(|a| a.to_string());
             report.cause = i.cause;
             report.fix = i.fix;
+            report.fix_code = i.fix_code;
             report.findings.extend(i.findings);
         }
         Err(e) => {
             report.cause = format!("the image cannot be inspected: {e}");
             report.fix = "Check that the image's layers are complete and readable.".into();
+            report.fix_code = FixCode::RepairImage;
         }
     }
     report.layers_read = root.backend().layers_indexed();
@@ -409,7 +432,7 @@ pub fn render(r: &Report) -> String {
         );
         if p.verdict != Verdict::Ok {
             let _ = writeln!(s, "      cause: {}", p.cause);
-            let _ = writeln!(s, "      fix:   {}", p.fix);
+            let _ = writeln!(s, "      fix:   {} ({})", p.fix, p.fix_code);
         }
         for f in &p.findings {
             let _ = writeln!(s, "      {}: {}", f.code, f.detail);
@@ -426,6 +449,7 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(s, "no manifest list: this is a single-platform image (publish an index to deploy multi-arch by digest)");
         }
     }
+    let _ = writeln!(s, "fix ({}): {}", r.fix_code, r.fix);
     let _ = writeln!(
         s,
         "{}",

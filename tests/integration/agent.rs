@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use archwatch::oci::{ImageSpec, Item, Layer};
+use archwatch::oci::{ImageSpec, Item, Layer, Layout};
 
 use crate::support::{self, agent::Agent, containerd::Containerd};
 
@@ -82,6 +82,7 @@ fn agent_diagnoses_real_failures_and_survives_containerd_restarts() {
     assert_eq!(early["signal"], "stopped_before_watch");
     assert_eq!(early["binary_arch"], "arm64");
     assert_eq!(early["pod_namespace"], "shop");
+    assert_eq!(early["fix_code"], "publish_multiarch");
 
     // After the agent: the classic incidents, plus a healthy container.
     let host_true = std::fs::read("/usr/bin/true").unwrap();
@@ -194,6 +195,7 @@ fn agent_diagnoses_real_failures_and_survives_containerd_restarts() {
         .expect("image warning for config-lies");
     assert_eq!(lies["verdict"], "arch_mismatch");
     assert_eq!(lies["reason"], "IncompatibleImagePulled");
+    assert_eq!(lies["fix_code"], "fix_build_stage", "{lies}");
     assert!(
         lies["findings"]
             .as_array()
@@ -236,6 +238,25 @@ fn agent_diagnoses_real_failures_and_survives_containerd_restarts() {
             assert!(d["fix"].as_str().unwrap().len() > 10);
         }
     }
+    // The fix fits the cause: one code per incident, the config that lies included (its
+    // container's config is read too, not only the image's at pull time).
+    for (name, code) in [
+        ("wrong-arch", "publish_multiarch"),
+        ("config-lies", "fix_build_stage"),
+        ("crlf", "convert_to_lf"),
+        ("glibc-on-musl", "use_glibc_base_or_static"),
+        ("refused-at-create", "fix_entrypoint_path"),
+    ] {
+        let d = failure_for(&agent, name).unwrap();
+        assert_eq!(d["fix_code"], code, "{name}: {d}");
+    }
+    let lies = failure_for(&agent, "config-lies").unwrap();
+    assert!(
+        lies["findings"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["code"] == "config_arch_mismatch")),
+        "{lies}"
+    );
     let refused = failure_for(&agent, "refused-at-create").unwrap();
     assert_eq!(refused["signal"], "task_never_created");
     let crlf = failure_for(&agent, "crlf").unwrap();
@@ -304,6 +325,14 @@ fn agent_diagnoses_real_failures_and_survives_containerd_restarts() {
         stream_pods, journal_pods,
         "stream and journal carry the same diagnoses in the same order"
     );
+    let stream_codes: Vec<&serde_json::Value> = streamed.iter().map(|l| &l["fix_code"]).collect();
+    let journal_lines = agent.failures();
+    let journal_codes: Vec<&serde_json::Value> =
+        journal_lines.iter().map(|l| &l["fix_code"]).collect();
+    assert_eq!(
+        stream_codes, journal_codes,
+        "the same fix codes on the stream"
+    );
     let out = support::archwatch()
         .args(["status", "--json", "--api-socket"])
         .arg(&agent.api_socket)
@@ -320,6 +349,7 @@ fn agent_diagnoses_real_failures_and_survives_containerd_restarts() {
         .expect("image listed")
         .clone();
     assert_eq!(lies_status["verdict"], "arch_mismatch");
+    assert_eq!(lies_status["fix_code"], "fix_build_stage");
 
     // containerd dies hard and comes back: the agent reconnects by itself and goes on.
     ctd.restart();
@@ -413,4 +443,191 @@ fn inspect_an_image_in_containerd_through_a_view() {
     assert!(!leases.contains("archwatch"), "leases left: {leases}");
     let snaps = String::from_utf8_lossy(&ctd.ctr_ns(NS, &["snapshots", "ls"]).stdout).to_string();
     assert!(!snaps.contains("archwatch-view"), "views left: {snaps}");
+}
+
+fn busybox_image(arch: &str, deb: &str) -> ImageSpec {
+    ImageSpec::new(
+        arch,
+        &["/bin/busybox", "true"],
+        vec![Layer(vec![Item::file(
+            "/bin/busybox",
+            support::busybox(deb),
+            0o755,
+        )])],
+    )
+}
+
+fn findings(d: &serde_json::Value) -> Vec<String> {
+    d["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| f["code"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// The multi-arch scenes: an index that holds both platforms with the other one forced on
+/// this node (`ctr run --platform`), a tag that points to a single-arch image pulled from a
+/// registry, and that tag again once the node also holds the multi-arch index the registry's
+/// tag became. Same symptom, same verdict; the fix code names each cause.
+#[test]
+fn a_forced_platform_and_a_stale_tag_get_the_fix_that_fits() {
+    let _binfmt = support::binfmt_shared();
+    let mut ctd = Containerd::start();
+    let reg = archwatch::lab::Registry::start().expect("docker-registry (scripts/install-deps)");
+    let work = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&ctd.socket, &[]);
+    agent.wait_ready();
+
+    // An index of linux/amd64 and linux/arm64, each with its own binary.
+    let mut l = Layout::new();
+    let amd = l.add_image(&busybox_image("amd64", "amd64")).unwrap();
+    let arm = l.add_image(&busybox_image("arm64", "arm64")).unwrap();
+    let idx = l.add_index(vec![amd, arm]).unwrap();
+    let orders = "archwatch.test/orders:3.0";
+    l.tag(orders, &idx);
+    let archive = work.path().join("orders.tar");
+    l.write_archive(&archive).unwrap();
+    ctd.import(NS, &archive);
+
+    // The node's own variant first: it runs, and its verdict is cached.
+    let native = ctd.run(
+        NS,
+        orders,
+        "native-1",
+        &pod_labels("native", "app"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(native.code, Some(0), "{native:?}");
+    // The same image with the arm64 variant forced: judged on its own layers, not taken
+    // for the cached verdict of the node's variant.
+    let forced = ctd.run_platform(
+        NS,
+        orders,
+        "forced-1",
+        &pod_labels("forced", "app"),
+        "linux/arm64",
+        Duration::from_secs(30),
+    );
+    assert_ne!(forced.code, Some(0), "{forced:?}");
+    agent.wait_for(
+        "the forced variant diagnosed",
+        Duration::from_secs(20),
+        || failure_for(&agent, "forced").is_some(),
+    );
+    let d = failure_for(&agent, "forced").unwrap();
+    assert_eq!(d["verdict"], "arch_mismatch", "{d}");
+    assert_eq!(d["binary_arch"], "arm64");
+    assert_eq!(d["fix_code"], "remove_platform_override", "{d}");
+    assert_eq!(findings(&d), vec!["platform_forced"], "{d}");
+    let fix = d["fix"].as_str().unwrap();
+    let by_digest = format!("archwatch.test/orders@{}", idx.digest());
+    assert!(
+        fix.contains("--platform") && fix.contains(&by_digest) && !fix.contains("Publish"),
+        "the fix names the override and the digest to pull by: {fix}"
+    );
+    assert!(failure_for(&agent, "native").is_none());
+
+    // A tag that points to a single-arch linux/arm64 image, in a registry.
+    let api_image = |arch: &str, deb: &str| {
+        ImageSpec::new(
+            arch,
+            &["/app", "true"],
+            vec![Layer(vec![Item::file(
+                "/app",
+                support::busybox(deb),
+                0o755,
+            )])],
+        )
+    };
+    let mut l = Layout::new();
+    let m = l.add_image(&api_image("arm64", "arm64")).unwrap();
+    let a = l.add_image(&api_image("amd64", "amd64")).unwrap();
+    let multi = l.add_index(vec![a, m.clone()]).unwrap();
+    l.tag("archwatch.test/api:1.0", &m);
+    l.tag("archwatch.test/api:multi", &multi);
+    let archive = work.path().join("api.tar");
+    l.write_archive(&archive).unwrap();
+    let api = reg
+        .push_as(&archive, "1.0", "shop/api", "1.0")
+        .expect("push");
+    // Like `docker pull`, whatever its platform (ctr refuses a foreign one otherwise).
+    let out = ctd.ctr_ns(
+        NS,
+        &[
+            "images",
+            "pull",
+            "--plain-http",
+            "--platform",
+            "linux/arm64",
+            &api,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = ctd.run(
+        NS,
+        &api,
+        "single-1",
+        &pod_labels("single", "app"),
+        Duration::from_secs(30),
+    );
+    assert_ne!(r.code, Some(0));
+    agent.wait_for(
+        "the single-arch tag diagnosed",
+        Duration::from_secs(20),
+        || failure_for(&agent, "single").is_some(),
+    );
+    let d = failure_for(&agent, "single").unwrap();
+    assert_eq!(d["verdict"], "arch_mismatch", "{d}");
+    assert_eq!(d["fix_code"], "publish_multiarch", "{d}");
+    assert!(findings(&d).is_empty(), "no index on the node yet: {d}");
+
+    // The registry's tag becomes the multi-arch index that lists that very manifest, and the
+    // node pulls the index by digest (another deployment); the tag on the node is the old
+    // copy.
+    reg.push_as(&archive, "multi", "shop/api", "1.0")
+        .expect("push the index over the tag");
+    let index_ref = format!("{}/shop/api@{}", reg.addr, multi.digest());
+    let out = ctd.ctr_ns(NS, &["images", "pull", "--plain-http", &index_ref]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent.wait_for("the index judged", Duration::from_secs(30), || {
+        let out = support::archwatch()
+            .args(["status", "--json", "--api-socket"])
+            .arg(&agent.api_socket)
+            .output()
+            .unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        st["images"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|i| i["digest"] == multi.digest().to_string()))
+    });
+    let r = ctd.run(
+        NS,
+        &api,
+        "stale-1",
+        &pod_labels("stale", "app"),
+        Duration::from_secs(30),
+    );
+    assert_ne!(r.code, Some(0));
+    agent.wait_for("the stale tag diagnosed", Duration::from_secs(20), || {
+        failure_for(&agent, "stale").is_some()
+    });
+    let d = failure_for(&agent, "stale").unwrap();
+    assert_eq!(d["verdict"], "arch_mismatch", "{d}");
+    assert_eq!(d["fix_code"], "deploy_by_digest", "{d}");
+    assert_eq!(findings(&d), vec!["stale_image"], "{d}");
+    let fix = d["fix"].as_str().unwrap();
+    assert!(
+        fix.contains(&format!("{}/shop/api@{}", reg.addr, multi.digest()))
+            && fix.contains("imagePullPolicy: Always"),
+        "{fix}"
+    );
 }

@@ -14,6 +14,7 @@ fn diagnosis(i: usize) -> archwatch::diagnose::Diagnosis {
         verdict: Verdict::ScriptCrlf,
         cause: format!("cause {i}"),
         fix: "fix".into(),
+        fix_code: archwatch::fix::FixCode::ConvertToLf,
         symptom: "no such file or directory",
         argv: vec!["/entrypoint.sh".into()],
         node_arch: Arch::Amd64,
@@ -113,6 +114,7 @@ fn two_watchers_get_every_diagnosis_in_order_and_replay_works() {
         );
         assert_eq!(replayed[0].verdict, "script_crlf");
         assert_eq!(replayed[0].reason, "ScriptCRLF");
+        assert_eq!(replayed[0].fix_code, "convert_to_lf");
         let st = c
             .get_status(pb::GetStatusRequest {})
             .await

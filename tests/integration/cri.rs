@@ -203,6 +203,7 @@ fn cri_incidents_crash_loops_and_init_containers() {
         .find(|i| i["image"] == loop_ref.as_str())
         .unwrap_or_else(|| panic!("listed by its tag: {st:#}"));
     assert_eq!(crashloop_listed["verdict"], "arch_mismatch");
+    assert_eq!(crashloop_listed["fix_code"], "publish_multiarch");
     let image_lines: Vec<serde_json::Value> = agent
         .lines()
         .into_iter()
@@ -242,6 +243,7 @@ fn cri_incidents_crash_loops_and_init_containers() {
     let mut sandboxes = Vec::new();
     let mut report = Vec::new();
     let mut ran: Vec<(&'static str, &'static str, Attempt)> = Vec::new();
+    let fixes: BTreeMap<&str, &str> = cases.iter().map(|c| (c.name, c.fix)).collect();
     for c in &cases {
         let pod = lab.run_pod(c.name, "e2e");
         sandboxes.push(pod.sandbox.clone());
@@ -274,6 +276,8 @@ fn cri_incidents_crash_loops_and_init_containers() {
         assert_eq!(lines.len(), 1, "{name}: {lines:?}");
         let d = &lines[0];
         assert_eq!(d["verdict"], *want, "{name}: {d}");
+        // The fix fits the cause: the kubelet's flow gives the same code as the files alone.
+        assert_eq!(d["fix_code"], fixes[name], "{name}: {d}");
         assert_eq!(d["pod"], *name);
         assert_eq!(d["pod_namespace"], "e2e");
         assert_eq!(d["container"], "app");
@@ -369,6 +373,8 @@ fn cri_incidents_crash_loops_and_init_containers() {
         assert_eq!(lines[0]["attempt"], a.attempt);
         assert_eq!(lines[0]["signal"], "task_exit");
         assert_eq!(lines[0]["verdict"], "arch_mismatch");
+        // A tag that points to a single-arch image, pulled from a registry: publish an index.
+        assert_eq!(lines[0]["fix_code"], "publish_multiarch", "{}", lines[0]);
     }
     assert_eq!(
         agent.metric(

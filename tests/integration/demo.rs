@@ -46,27 +46,44 @@ fn demo_diagnoses_every_scenario_and_cleans_up() {
             .unwrap_or_else(|| panic!("no scenario {title:?} in:\n{text}"));
         text[start..].split("\n\n").next().unwrap().to_string()
     };
-    for (title, verdict, symptom) in [
+    // The six seed scenes: the runtime's symptom, archwatch's verdict and the fix code that
+    // names the cause.
+    for (title, verdict, symptom, fix_code) in [
         (
             "an arm64 binary built on an Apple Silicon laptop",
             "arch_mismatch",
             "exec format error",
+            "publish_multiarch",
         ),
-        ("config says amd64", "arch_mismatch", "exec format error"),
+        (
+            "config says amd64",
+            "arch_mismatch",
+            "exec format error",
+            "fix_build_stage",
+        ),
         (
             "an entrypoint script saved with Windows line endings",
             "script_crlf",
             "no such file or directory",
+            "convert_to_lf",
         ),
         (
             "a glibc binary shipped in a musl",
             "missing_loader",
             "no such file or directory",
+            "use_glibc_base_or_static",
         ),
         (
             "a tag that points to a single-arch image",
             "arch_mismatch",
             "exec format error",
+            "publish_multiarch",
+        ),
+        (
+            "a multi-arch tag, and the node runs the wrong variant",
+            "arch_mismatch",
+            "exec format error",
+            "remove_platform_override",
         ),
     ] {
         let b = block(title);
@@ -75,8 +92,32 @@ fn demo_diagnoses_every_scenario_and_cleans_up() {
             "{title}: {b}"
         );
         assert!(b.contains(symptom), "{title}: {b}");
+        assert!(
+            b.contains(&format!("fix_code:      {fix_code}\n")),
+            "{title}: {b}"
+        );
         assert!(b.contains("fix:"), "{title}: {b}");
     }
+    // Scene 6: the other variant forced, found from the container's layers; the fix names
+    // the override and the digest to pull by, not a multi-arch image it already is.
+    let forced = block("a multi-arch tag, and the node runs the wrong variant");
+    assert!(
+        forced.contains("ctr run --platform linux/arm64"),
+        "{forced}"
+    );
+    assert!(
+        forced.contains("finding:       platform_forced"),
+        "{forced}"
+    );
+    assert!(
+        forced.contains("--platform") && forced.contains("registry.example/shop/orders@sha256:"),
+        "{forced}"
+    );
+    assert!(!forced.contains("Publish"), "{forced}");
+    assert!(
+        block("config says amd64").contains("$TARGETARCH"),
+        "the build stage, not the nodes"
+    );
     let healthy = block("a healthy image");
     assert!(healthy.contains("silent"), "{healthy}");
     assert!(
@@ -93,11 +134,15 @@ fn demo_diagnoses_every_scenario_and_cleans_up() {
         "{emu}"
     );
     assert!(
+        emu.contains("fix_code:      native_build_instead_of_emulation") || emu.contains("skipped"),
+        "{emu}"
+    );
+    assert!(
         text.contains("archwatch_exec_failures_total{namespace=\"shop\",reason=\"arch_mismatch\""),
         "{text}"
     );
     assert!(text.contains("\"reportingController\": \"archwatch.io/agent\""));
-    assert!(text.contains("5 failures diagnosed"), "{text}");
+    assert!(text.contains("6 failures diagnosed"), "{text}");
     // The demo names its containerd dir and its binfmt handler; nothing may refer to them now.
     let mut markers: Vec<String> = Vec::new();
     for word in text.split_whitespace() {

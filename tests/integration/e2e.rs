@@ -15,6 +15,8 @@ pub struct Case {
     pub spec: ImageSpec,
     /// Verdict on a node with no binfmt_misc handler for the binary.
     pub want: &'static str,
+    /// The fix code that goes with it (the cause, not the symptom).
+    pub fix: &'static str,
 }
 
 fn bb(arch: &str) -> Item {
@@ -37,17 +39,20 @@ pub fn cases() -> Vec<Case> {
             vec![Item::file("/app", support::busybox(deb), 0o755)],
         ),
         want: "arch_mismatch",
+        fix: "publish_multiarch",
     };
     vec![
         Case {
             name: "ok-amd64",
             spec: image("amd64", &["/bin/busybox", "true"], vec![bb("amd64")]),
             want: "ok",
+            fix: "none",
         },
         Case {
             name: "ok-i386-compat",
             spec: image("386", &["/bin/busybox", "true"], vec![bb("i386")]),
             want: "ok",
+            fix: "none",
         },
         Case {
             name: "ok-bare-name-in-path",
@@ -57,6 +62,7 @@ pub fn cases() -> Vec<Case> {
                 vec![bb("amd64"), Item::symlink("/usr/bin/true", "/bin/busybox")],
             ),
             want: "ok",
+            fix: "none",
         },
         foreign("arm64", "arm64", "arm64-on-amd64"),
         foreign("armhf", "arm", "armhf-on-amd64"),
@@ -71,6 +77,7 @@ pub fn cases() -> Vec<Case> {
                 vec![Item::file("/app", support::busybox("arm64"), 0o755)],
             ),
             want: "arch_mismatch",
+            fix: "fix_build_stage",
         },
         Case {
             name: "glibc-binary-on-musl-image",
@@ -88,6 +95,7 @@ pub fn cases() -> Vec<Case> {
                 ],
             ),
             want: "missing_loader",
+            fix: "use_glibc_base_or_static",
         },
         Case {
             name: "dynamic-binary-no-libc",
@@ -97,6 +105,7 @@ pub fn cases() -> Vec<Case> {
                 vec![Item::file("/app", host_true, 0o755)],
             ),
             want: "missing_loader",
+            fix: "use_glibc_base_or_static",
         },
         Case {
             name: "crlf-entrypoint-script",
@@ -114,6 +123,7 @@ pub fn cases() -> Vec<Case> {
                 ],
             ),
             want: "script_crlf",
+            fix: "convert_to_lf",
         },
         Case {
             name: "python-script-without-python",
@@ -126,6 +136,7 @@ pub fn cases() -> Vec<Case> {
                 ],
             ),
             want: "script_interpreter_missing",
+            fix: "install_interpreter",
         },
         Case {
             name: "script-without-shebang",
@@ -138,6 +149,7 @@ pub fn cases() -> Vec<Case> {
                 ],
             ),
             want: "script_no_shebang",
+            fix: "fix_shebang",
         },
         Case {
             name: "bom-before-shebang",
@@ -155,6 +167,7 @@ pub fn cases() -> Vec<Case> {
                 ],
             ),
             want: "script_no_shebang",
+            fix: "fix_shebang",
         },
         Case {
             name: "script-on-arm64-shell",
@@ -167,6 +180,7 @@ pub fn cases() -> Vec<Case> {
                 ],
             ),
             want: "arch_mismatch",
+            fix: "fix_build_stage",
         },
         Case {
             name: "no-execute-bit",
@@ -176,11 +190,13 @@ pub fn cases() -> Vec<Case> {
                 vec![Item::file("/app", support::busybox("amd64"), 0o644)],
             ),
             want: "not_executable",
+            fix: "add_execute_bit",
         },
         Case {
             name: "entrypoint-missing",
             spec: image("amd64", &["/nope"], vec![bb("amd64")]),
             want: "not_found",
+            fix: "fix_entrypoint_path",
         },
         Case {
             name: "symlink-loop",
@@ -194,11 +210,13 @@ pub fn cases() -> Vec<Case> {
                 ],
             ),
             want: "symlink_loop",
+            fix: "fix_symlink",
         },
         Case {
             name: "entrypoint-is-a-directory",
             spec: image("amd64", &["/app"], vec![bb("amd64"), Item::dir("/app")]),
             want: "not_a_regular_file",
+            fix: "fix_entrypoint_path",
         },
         Case {
             name: "entrypoint-is-a-fifo",
@@ -214,6 +232,7 @@ pub fn cases() -> Vec<Case> {
                 ],
             ),
             want: "not_a_regular_file",
+            fix: "fix_entrypoint_path",
         },
         Case {
             name: "macos-binary",
@@ -230,6 +249,7 @@ pub fn cases() -> Vec<Case> {
                 ],
             ),
             want: "unknown_format",
+            fix: "ship_linux_binary",
         },
         Case {
             name: "truncated-elf",
@@ -242,6 +262,7 @@ pub fn cases() -> Vec<Case> {
                 ],
             ),
             want: "unknown_format",
+            fix: "ship_linux_binary",
         },
         Case {
             name: "whiteout-hides-entrypoint",
@@ -259,6 +280,7 @@ pub fn cases() -> Vec<Case> {
                 ],
             ),
             want: "not_found",
+            fix: "fix_entrypoint_path",
         },
         Case {
             name: "opaque-dir-hides-entrypoint",
@@ -279,6 +301,7 @@ pub fn cases() -> Vec<Case> {
                 ],
             ),
             want: "not_found",
+            fix: "fix_entrypoint_path",
         },
     ]
 }
@@ -347,6 +370,7 @@ fn verdicts_match_what_the_kernel_does() {
         let verdict = json["verdict"].as_str().unwrap().to_string();
         if !handlers {
             assert_eq!(verdict, c.want, "{}: {json:#}", c.name);
+            assert_eq!(json["fix_code"], c.fix, "{}: {json:#}", c.name);
         }
         let expected_exit = match verdict.as_str() {
             "ok" => 0,

@@ -22,6 +22,7 @@ fn diagnosis(pod: &str) -> Diagnosis {
         verdict: Verdict::ArchMismatch,
         cause: format!("/app is a linux/arm64 binary and this node is linux/amd64 ({pod})"),
         fix: "Publish a multi-arch image.".into(),
+        fix_code: archwatch::fix::FixCode::PublishMultiarch,
         symptom: "exec format error",
         argv: vec!["/app".into()],
         node_arch: Arch::Amd64,

@@ -138,6 +138,10 @@ fn every_platform_must_carry_its_own_binary() {
             .any(|f| f["code"] == "config_arch_mismatch"),
         "{arm:#}"
     );
+    // The build stage copied the wrong artifact: fix that stage, do not move the pod.
+    assert_eq!(arm["fix_code"], "fix_build_stage", "{arm:#}");
+    assert_eq!(v["fix_code"], "fix_build_stage");
+    assert_eq!(platform(&v, "linux/amd64")["fix_code"], "none");
     let human = support::archwatch()
         .arg("verify")
         .arg(&wrong)
@@ -320,4 +324,132 @@ fn a_real_registry_over_plain_http() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A single-manifest layout (and archive) of `spec`, tagged `v1`.
+fn single(dir: &Path, spec: &ImageSpec) -> std::path::PathBuf {
+    let mut l = Layout::new();
+    let m = l.add_image(spec).unwrap();
+    l.tag("archwatch.test/app:v1", &m);
+    l.write_dir(dir).unwrap();
+    let mut arch = dir.as_os_str().to_owned();
+    arch.push(".tar");
+    l.write_archive(Path::new(&arch)).unwrap();
+    dir.to_path_buf()
+}
+
+/// The six seed scenes as `verify` sees them, asserted by code: each platform's fix code and
+/// the whole image's. A forced platform (scene 6) is done on a node, not in the image: verify
+/// passes the image and says to deploy it by its index digest.
+#[test]
+fn the_fix_code_of_each_seed_scene() {
+    let work = tempfile::tempdir().unwrap();
+    let both = ["--require-platforms", "linux/amd64,linux/arm64"];
+    let host_true = std::fs::read("/usr/bin/true").unwrap();
+    let app = |arch: &str, deb: &str| {
+        ImageSpec::new(
+            arch,
+            &["/app", "true"],
+            vec![Layer(vec![Item::file(
+                "/app",
+                support::busybox(deb),
+                0o755,
+            )])],
+        )
+    };
+
+    // 1. An arm64 binary built on an Apple Silicon laptop, pushed as the only platform.
+    let laptop = single(&work.path().join("laptop"), &app("arm64", "arm64"));
+    let (code, v) = verify(&laptop, &both);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(platform(&v, "linux/arm64")["fix_code"], "none");
+    assert_eq!(v["missing_platforms"], serde_json::json!(["linux/amd64"]));
+    assert_eq!(v["fix_code"], "publish_multiarch", "{v:#}");
+
+    // 2. The config says amd64 over an arm64 binary.
+    let lies = single(&work.path().join("lies"), &app("amd64", "arm64"));
+    let (code, v) = verify(&lies, &[]);
+    assert_eq!(code, 1);
+    let p = platform(&v, "linux/amd64");
+    assert_eq!(p["verdict"], "arch_mismatch");
+    assert_eq!(p["fix_code"], "fix_build_stage", "{p:#}");
+    assert_eq!(v["fix_code"], "fix_build_stage");
+
+    // 3. A CRLF entrypoint script.
+    let crlf = single(
+        &work.path().join("crlf"),
+        &ImageSpec::new(
+            "amd64",
+            &["/entrypoint.sh"],
+            vec![Layer(vec![
+                bb("amd64"),
+                Item::symlink("/bin/sh", "/bin/busybox"),
+                Item::file(
+                    "/entrypoint.sh",
+                    b"#!/bin/sh\r\nexec /bin/busybox true\r\n".to_vec(),
+                    0o755,
+                ),
+            ])],
+        ),
+    );
+    let (code, v) = verify(&crlf, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(platform(&v, "linux/amd64")["verdict"], "script_crlf");
+    assert_eq!(platform(&v, "linux/amd64")["fix_code"], "convert_to_lf");
+    assert_eq!(v["fix_code"], "convert_to_lf");
+
+    // 4. A glibc binary in a musl image.
+    let musl = single(
+        &work.path().join("musl"),
+        &ImageSpec::new(
+            "amd64",
+            &["/app"],
+            vec![Layer(vec![
+                Item::file("/app", host_true, 0o755),
+                Item::file(
+                    "/lib/x86_64-linux-musl/libc.so",
+                    support::musl_loader(),
+                    0o755,
+                ),
+                Item::symlink("/lib/ld-musl-x86_64.so.1", "/lib/x86_64-linux-musl/libc.so"),
+            ])],
+        ),
+    );
+    let (code, v) = verify(&musl, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(platform(&v, "linux/amd64")["verdict"], "missing_loader");
+    assert_eq!(
+        platform(&v, "linux/amd64")["fix_code"],
+        "use_glibc_base_or_static"
+    );
+    assert_eq!(v["fix_code"], "use_glibc_base_or_static");
+
+    // 5. A tag that points to a single-arch image, in a registry.
+    let reg = archwatch::lab::Registry::start()
+        .expect("docker-registry (scripts/install-deps installs it)");
+    let mut tar = laptop.as_os_str().to_owned();
+    tar.push(".tar");
+    let reference = reg.push(Path::new(&tar), "v1", "shop/api").unwrap();
+    let mut args = vec!["--plain-http"];
+    args.extend(both);
+    let (code, v) = verify(Path::new(&reference), &args);
+    assert_eq!(code, 1, "{v:#}");
+    assert!(v["deploy_digest"].is_null(), "{v:#}");
+    assert_eq!(v["fix_code"], "publish_multiarch", "{v:#}");
+
+    // 6. The index holds both platforms, each with its own binary: the image is right (a
+    // node that runs the wrong variant had it forced); deploy it by the index digest.
+    let good = layout(
+        &work.path().join("orders"),
+        vec![app("amd64", "amd64"), app("arm64", "arm64")],
+    );
+    let (code, v) = verify(&good, &both);
+    assert_eq!(code, 0, "{v:#}");
+    for p in ["linux/amd64", "linux/arm64"] {
+        assert_eq!(platform(&v, p)["fix_code"], "none", "{p}");
+    }
+    assert_eq!(v["fix_code"], "deploy_by_digest", "{v:#}");
+    let digest = v["deploy_digest"].as_str().unwrap();
+    assert!(v["fix"].as_str().unwrap().contains("index digest"), "{v:#}");
+    assert!(digest.starts_with("sha256:"));
 }

@@ -45,6 +45,20 @@ impl Containerd {
             .run(ns, image, id, labels, timeout)
             .expect("ctr run")
     }
+    /// `ctr run --platform`: a variant of a multi-platform image forced on this node.
+    pub fn run_platform(
+        &mut self,
+        ns: &str,
+        image: &str,
+        id: &str,
+        labels: &[(&str, &str)],
+        platform: &str,
+        timeout: Duration,
+    ) -> RunOutcome {
+        self.inner
+            .run_platform(ns, image, id, labels, Some(platform), timeout)
+            .expect("ctr run --platform")
+    }
     /// containerd's root directory (snapshots live under it).
     pub fn root(&self) -> std::path::PathBuf {
         self.inner.root()
