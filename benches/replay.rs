@@ -55,6 +55,7 @@ fn main() {
         api_socket: None,
         proc_dir: work.path().join("no-proc"),
         unhealthy_after: std::time::Duration::from_secs(120),
+        kube_request_timeout: archwatch::sinks::kube_events::REQUEST_TIMEOUT,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -89,6 +89,8 @@ pub struct Config {
     /// `/healthz` fails once containerd has been unreachable this long, so the kubelet
     /// restarts an agent that cannot get back to it.
     pub unhealthy_after: Duration,
+    /// One Kubernetes API request's limit (a silent connection never holds Events for good).
+    pub kube_request_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -441,14 +443,23 @@ pub async fn run_fed(
     };
     let mut events = None;
     let mut publisher = None;
-    if let Some(client) = kube_events::client(&cfg.kube, cfg.kubeconfig.as_deref()).await {
+    if let Some(client) = kube_events::client(
+        &cfg.kube,
+        cfg.kubeconfig.as_deref(),
+        cfg.kube_request_timeout,
+    )
+    .await
+    {
         let handle = kube_events::EventsHandle::new(cfg.kube_queue, metrics.clone());
         info!(queue = cfg.kube_queue, "Sending Kubernetes Events.");
         publisher = Some(tokio::spawn(kube_events::publish(
             client,
             handle.clone(),
             cfg.node_name.clone(),
-            kube_events::Limits::default(),
+            kube_events::Limits {
+                request_timeout: cfg.kube_request_timeout,
+                ..kube_events::Limits::default()
+            },
             stop.clone(),
         )));
         events = Some(handle);

@@ -189,6 +189,7 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
         api_socket: None,
         proc_dir: PathBuf::from("/proc"),
         unhealthy_after: std::time::Duration::from_secs(120),
+        kube_request_timeout: crate::sinks::kube_events::REQUEST_TIMEOUT,
     };
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone(), Some(bound_tx)));
     let metrics_addr = bound_rx.await.ok();

@@ -148,6 +148,10 @@ struct AgentArgs {
     /// kubelet restarts an agent that cannot get back to it).
     #[arg(long, default_value_t = 120)]
     unhealthy_after_secs: u64,
+    /// Limit of one Kubernetes API request, in seconds: a silent API server or half-open
+    /// connection is given up on and the write retried.
+    #[arg(long, default_value_t = archwatch::sinks::kube_events::REQUEST_TIMEOUT.as_secs())]
+    kube_request_timeout_secs: u64,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -506,6 +510,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
         api_socket: (a.api_socket.as_os_str() != "off").then_some(a.api_socket.clone()),
         proc_dir: a.proc_dir.clone(),
         unhealthy_after: std::time::Duration::from_secs(a.unhealthy_after_secs.max(1)),
+        kube_request_timeout: std::time::Duration::from_secs(a.kube_request_timeout_secs.max(1)),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

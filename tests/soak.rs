@@ -27,8 +27,8 @@
 //! (`ARCHWATCH_SOAK_SECS`: wall seconds of the node part, default 75;
 //! `ARCHWATCH_SOAK_SCALE`: simulated seconds per wall second, default 120;
 //! `ARCHWATCH_SOAK_LOAD_SECS`: default 30; `ARCHWATCH_SOAK_EVENT_SCALE`: default 360;
-//! `ARCHWATCH_SOAK_HUNG_FOR_GOOD=1`: the connections a hang held stay open and silent after
-//! it, which only a read timeout on the agent's side gets out of).
+//! `ARCHWATCH_SOAK_HUNG_FOR_GOOD`, default 1: the connections a hang held stay open and
+//! silent after it, which only the agent's request timeout gets out of; 0 closes them).
 
 #[path = "integration/support/mod.rs"]
 mod support;
@@ -332,9 +332,9 @@ fn node_soak_through_faults() {
     let ttl = Duration::from_secs_f64(3600.0 / scale);
     let (api, api_url) = FakeApi::start_stateful(ttl);
     let switch = Switch::start(addr_of(&api_url));
-    // Connections a hang held stay silent for good (a half-open connection): only a client
-    // read timeout gets the agent out of that.
-    let hung_for_good = env_or("ARCHWATCH_SOAK_HUNG_FOR_GOOD", 0u8) == 1;
+    // Connections a hang held stay silent for good (a half-open connection): only the
+    // agent's request timeout gets it out of that. On by default; 0 lets them close.
+    let hung_for_good = env_or("ARCHWATCH_SOAK_HUNG_FOR_GOOD", 1u8) == 1;
     switch.keep_hung(hung_for_good);
     let kubeconfig = write_kubeconfig(work.path(), &switch.url());
     let mut flapper = binfmt::Flapper::new(true);
@@ -348,6 +348,11 @@ fn node_soak_through_faults() {
             kubeconfig.display().to_string(),
             "--binfmt-dir".into(),
             flapper.dir().display().to_string(),
+            // The 30 s default, on the clock (at least the flag's 1 s).
+            format!(
+                "--kube-request-timeout-secs={}",
+                (30.0 / scale).ceil().max(1.0)
+            ),
         ],
         state: AgentState::Down { restart_at: 0.0 },
         watched: Vec::new(),
@@ -797,9 +802,13 @@ fn one_pod(scale: f64, outage: Option<(f64, f64)>) -> OnePod {
     };
     let end = 3.0 * 3600.0;
     let (t0, attempts) = rt.block_on(async {
-        let client = kube_events::client("auto", Some(&kubeconfig))
-            .await
-            .expect("a client for the fake API server");
+        let client = kube_events::client(
+            "auto",
+            Some(&kubeconfig),
+            kube_events::REQUEST_TIMEOUT.div_f64(scale),
+        )
+        .await
+        .expect("a client for the fake API server");
         let handle = kube_events::EventsHandle::new(1024, metrics.clone());
         let stop = CancellationToken::new();
         let publisher = tokio::spawn(kube_events::publish(
@@ -1040,6 +1049,7 @@ fn load_fifty_failures_a_second_through_faults() {
         api_socket: None,
         proc_dir: work.path().join("no-proc"),
         unhealthy_after: Duration::from_secs(120),
+        kube_request_timeout: Duration::from_secs(1),
     };
 
     // The faults and the samples, on their own thread.

@@ -319,6 +319,9 @@ impl Bucket {
     }
 }
 
+/// Default limit of one API request (`--kube-request-timeout-secs`).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Per-object buckets kept before the full ones are forgotten.
 const MAX_BUCKETS: usize = 10_000;
 
@@ -334,6 +337,9 @@ pub struct Limits {
     /// First pause after a 403 (RBAC); doubles up to `forbidden_max`.
     pub forbidden_backoff: Duration,
     pub forbidden_max: Duration,
+    /// One request's limit: an API server (or a proxy's half-open connection) that stops
+    /// answering must not hold the publisher for good; the write is retried.
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -347,6 +353,7 @@ impl Default for Limits {
             backoff: Duration::from_millis(200),
             forbidden_backoff: Duration::from_secs(30),
             forbidden_max: Duration::from_secs(600),
+            request_timeout: REQUEST_TIMEOUT,
         }
     }
 }
@@ -615,7 +622,10 @@ impl Publisher {
     /// The series count of an existing Event (1 when it has no series yet).
     async fn read_count(&self, spec: &EventSpec, name: &str) -> Result<i32, WriteError> {
         let api: kube::Api<Event> = kube::Api::namespaced(self.client.clone(), &spec.namespace);
-        match api.get(name).await {
+        let got = tokio::time::timeout(self.limits.request_timeout, api.get(name))
+            .await
+            .map_err(|_| WriteError::GaveUp(1))?;
+        match got {
             Ok(ev) => Ok(ev.series.map(|s| s.count).unwrap_or(1)),
             Err(e) => Err(match classify(e) {
                 Outcome::Done(w) => w,
@@ -669,9 +679,13 @@ where
     let api: kube::Api<Event> = kube::Api::namespaced(client.clone(), &spec.namespace);
     let mut delay = limits.backoff;
     for attempt in 1..=limits.max_attempts {
-        let outcome = match op(api.clone()).await {
-            Ok(()) => Outcome::Ok,
-            Err(e) => classify(e),
+        let outcome = match tokio::time::timeout(limits.request_timeout, op(api.clone())).await {
+            Ok(Ok(())) => Outcome::Ok,
+            Ok(Err(e)) => classify(e),
+            Err(_) => {
+                debug!(attempt, "Kubernetes API request timed out.");
+                Outcome::Retry(None)
+            }
         };
         match outcome {
             Outcome::Ok => return Ok(()),
@@ -694,7 +708,11 @@ where
 
 /// Connects per `--kube`: `off` never; `auto` the given kubeconfig, else in-cluster or
 /// `$KUBECONFIG`, or none.
-pub async fn client(mode: &str, kubeconfig: Option<&std::path::Path>) -> Option<kube::Client> {
+pub async fn client(
+    mode: &str,
+    kubeconfig: Option<&std::path::Path>,
+    request_timeout: Duration,
+) -> Option<kube::Client> {
     if mode == "off" {
         return None;
     }
@@ -714,13 +732,20 @@ pub async fn client(mode: &str, kubeconfig: Option<&std::path::Path>) -> Option<
         None => kube::Config::infer().await.map_err(|e| e.to_string()),
     };
     match config {
-        Ok(cfg) => match crate::tls::kube_client(cfg) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                warn!(error = %e, "Kubernetes client could not be built; Events are off.");
-                None
+        Ok(mut cfg) => {
+            // kube's default is no read timeout: a silent connection would hold a request
+            // for good.
+            cfg.read_timeout = Some(request_timeout);
+            cfg.write_timeout = Some(request_timeout);
+            cfg.connect_timeout = Some(request_timeout.min(Duration::from_secs(10)));
+            match crate::tls::kube_client(cfg) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!(error = %e, "Kubernetes client could not be built; Events are off.");
+                    None
+                }
             }
-        },
+        }
         Err(e) => {
             tracing::info!(error = %e, "No in-cluster config or kubeconfig; Kubernetes Events are off (journal and metrics carry every diagnosis).");
             None
