@@ -190,6 +190,7 @@ mod tests {
             chain: Vec::new(),
             findings: Vec::new(),
             bytes_read: 0,
+            suspects: Vec::new(),
         }
     }
 

@@ -188,6 +188,13 @@ struct InspectArgs {
     /// Architecture the image config claims (reports config_arch_mismatch when it lies).
     #[arg(long)]
     claimed_arch: Option<String>,
+    /// The container's user, UID[:GID] (numbers): permissions are judged as it (a non-root
+    /// user without capabilities, as Docker and CRI-O start one); default root.
+    #[arg(long, value_name = "UID[:GID]")]
+    user: Option<String>,
+    /// Additional group ids of the user (repeatable).
+    #[arg(long = "group", value_name = "GID")]
+    groups: Vec<u32>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -286,6 +293,15 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
         Some(c) => Some(Arch::parse(c).with_context(|| format!("unknown architecture {c:?}"))?),
         None => None,
     };
+    let user = match &a.user {
+        Some(u) => {
+            let mut c = archwatch::rootfs::Creds::parse(u)
+                .with_context(|| format!("--user wants UID[:GID] (numbers), got {u:?}"))?;
+            c.groups.clone_from(&a.groups);
+            Some(c)
+        }
+        None => None,
+    };
     let mut argv = a.argv.clone();
     let mut cwd = a.workdir.clone();
     // With --image: the files come from a read-only view of the image's top snapshot.
@@ -342,15 +358,15 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
             eprintln!("archwatch: {w}");
         }
     }
-    let result = inspect_layers(
-        layers,
-        &argv,
-        path_env.as_deref(),
-        cwd.as_deref().unwrap_or("/"),
+    let cwd = cwd.unwrap_or_else(|| "/".to_string());
+    let req = Request {
+        argv: &argv,
+        path_env: path_env.as_deref(),
+        cwd: &cwd,
         claimed_arch,
-        &node,
-        &table,
-    );
+        user: user.as_ref(),
+    };
+    let result = inspect_layers(layers, &req, &node, &table);
     if let Some((rt, client, v)) = view {
         rt.block_on(client.close_view(v));
     }
@@ -374,26 +390,17 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
 
 fn inspect_layers(
     layers: Vec<PathBuf>,
-    argv: &[String],
-    path_env: Option<&str>,
-    cwd: &str,
-    claimed_arch: Option<Arch>,
+    req: &Request,
     node: &Node,
     table: &Table,
 ) -> anyhow::Result<inspect::Inspection> {
-    if argv.is_empty() {
+    if req.argv.is_empty() {
         bail!("give the command after --, e.g. archwatch inspect --rootfs DIR -- /app --flag");
     }
     let root = Rootfs::new(layers)?;
-    let req = Request {
-        argv,
-        path_env,
-        cwd,
-        claimed_arch,
-    };
     Ok(inspect::inspect(
         &root,
-        &req,
+        req,
         inspect::Context {
             node,
             binfmt: table,

@@ -238,6 +238,7 @@ pub(super) async fn identify_job(
         argv: spec.args,
         path_env: spec.path_env,
         cwd: spec.cwd,
+        user: Some(spec.user),
     };
     // Same image content + same process = same verdict; without a digest, the snapshot key
     // names the content.
@@ -293,6 +294,7 @@ impl ImageJob {
                 chain: Vec::new(),
                 findings: vec![Finding { code: "index_lacks_node_platform", detail: e.to_string() }],
                 bytes_read: 0,
+                suspects: Vec::new(),
             };
                 let digest = client
                     .image(ns, name)
@@ -342,6 +344,7 @@ impl ImageJob {
             argv: target.config.argv(),
             path_env: target.config.path_env(),
             cwd: target.config.cwd(),
+            user: None,
         };
         let mut findings = Vec::new();
         let config_arch = target.config.arch();
@@ -430,6 +433,7 @@ pub(super) async fn inspect_off_runtime(
             path_env: process.path_env.as_deref(),
             cwd: &process.cwd,
             claimed_arch: claimed,
+            user: process.user.as_ref(),
         };
         inspect::inspect(
             &root,

@@ -449,27 +449,95 @@ pub struct SpecProcess {
     pub args: Vec<String>,
     pub path_env: Option<String>,
     pub cwd: String,
+    /// `process.user` with the capabilities that decide file permissions.
+    pub user: crate::rootfs::Creds,
 }
 
-/// Reads `process.args`, PATH and cwd from the container's runtime spec (JSON in an Any).
+/// The few fields of an OCI runtime spec the agent reads. Only these are parsed: a field the
+/// agent does not need (a seccomp action or architecture newer than any crate knows, a
+/// runtime's own extension) never makes a container unjudgeable.
+#[derive(serde::Deserialize)]
+struct SpecDoc {
+    process: Option<ProcessDoc>,
+}
+
+#[derive(serde::Deserialize)]
+struct ProcessDoc {
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    cwd: String,
+    #[serde(default)]
+    user: UserDoc,
+    #[serde(default)]
+    capabilities: Option<CapsDoc>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct UserDoc {
+    #[serde(default)]
+    uid: u32,
+    #[serde(default)]
+    gid: u32,
+    #[serde(default, rename = "additionalGids")]
+    additional_gids: Vec<u32>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct CapsDoc {
+    #[serde(default)]
+    effective: Vec<String>,
+    #[serde(default)]
+    bounding: Vec<String>,
+    #[serde(default)]
+    ambient: Vec<String>,
+}
+
+/// Reads `process.args`, PATH (the last `PATH=` of `process.env`, which is the one the
+/// process sees), cwd, user and capabilities from the container's runtime spec (JSON in an
+/// Any).
 pub fn spec_process(c: &Container) -> Result<SpecProcess, ContainerdError> {
     let any = c
         .spec
         .as_ref()
         .ok_or(ContainerdError::Missing("container spec"))?;
-    let spec: oci_spec::runtime::Spec =
-        serde_json::from_slice(&any.value).map_err(|e| ContainerdError::Spec(e.to_string()))?;
+    parse_spec_process(&any.value)
+}
+
+/// [`spec_process`] over the spec's JSON.
+pub fn parse_spec_process(json: &[u8]) -> Result<SpecProcess, ContainerdError> {
+    let spec: SpecDoc =
+        serde_json::from_slice(json).map_err(|e| ContainerdError::Spec(e.to_string()))?;
     let p = spec
-        .process()
-        .as_ref()
+        .process
         .ok_or(ContainerdError::Spec("no process".into()))?;
-    let env = p.env().clone().unwrap_or_default();
+    let caps = p.capabilities.unwrap_or_default();
+    let names = |v: &[String]| crate::rootfs::Caps::from_names(v.iter().map(String::as_str));
+    let effective = names(&caps.effective);
+    // After the container's first exec: uid 0 keeps its bounding set, any other uid only its
+    // ambient set (capabilities(7)).
+    let after_exec = if p.user.uid == 0 {
+        names(&caps.bounding)
+    } else {
+        names(&caps.ambient)
+    };
     Ok(SpecProcess {
-        args: p.args().clone().unwrap_or_default(),
-        path_env: env
+        args: p.args,
+        path_env: p
+            .env
             .iter()
+            .rev()
             .find_map(|e| e.strip_prefix("PATH=").map(str::to_string)),
-        cwd: p.cwd().display().to_string(),
+        cwd: if p.cwd.is_empty() { "/".into() } else { p.cwd },
+        user: crate::rootfs::Creds {
+            uid: p.user.uid,
+            gid: p.user.gid,
+            groups: p.user.additional_gids,
+            caps: effective,
+            caps_after_exec: after_exec,
+        },
     })
 }
 

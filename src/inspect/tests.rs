@@ -108,6 +108,7 @@ fn run(c: &Case, res: Resolver) -> Inspection {
         path_env: c.path_env,
         cwd: "/",
         claimed_arch: None,
+        user: None,
     };
     inspect(
         &root,
@@ -132,6 +133,7 @@ fn inspect_argv0(root: &Rootfs, argv0: &str) -> Result<Inspection, InspectError>
         path_env: None,
         cwd: "/",
         claimed_arch: None,
+        user: None,
     };
     inspect(
         root,
@@ -680,6 +682,7 @@ fn config_that_lies_is_a_finding_beside_the_verdict(res: Resolver) {
         path_env: None,
         cwd: "/",
         claimed_arch: Some(Arch::Amd64),
+        user: None,
     };
     let n = node();
     let t = Table::empty();
@@ -759,6 +762,7 @@ fn empty_argv_is_an_error_not_a_verdict(res: Resolver) {
         path_env: None,
         cwd: "/",
         claimed_arch: None,
+        user: None,
     };
     let n = node();
     let t = Table::empty();

@@ -63,6 +63,27 @@ impl CacheKey {
     }
 }
 
+impl CacheKey {
+    /// The same key for a process run as `user` (its ids and the capabilities that decide
+    /// permissions): another user may get another verdict.
+    pub fn with_user(self, user: Option<&crate::rootfs::Creds>) -> CacheKey {
+        let Some(u) = user else { return self };
+        let mut h = Sha256::new();
+        h.update(self.0);
+        h.update(b"user");
+        h.update(u.uid.to_le_bytes());
+        h.update(u.gid.to_le_bytes());
+        h.update((u.groups.len() as u64).to_le_bytes());
+        for g in &u.groups {
+            h.update(g.to_le_bytes());
+        }
+        for c in [u.caps, u.caps_after_exec] {
+            h.update([u8::from(c.dac_override), u8::from(c.dac_read_search)]);
+        }
+        CacheKey(h.finalize().into())
+    }
+}
+
 /// Cuts `s` to at most `max` bytes on a character boundary, marking the cut with `…`.
 fn cut(s: &mut String, max: usize) {
     if s.len() <= max {
@@ -286,6 +307,7 @@ mod tests {
             chain: Vec::new(),
             findings: Vec::new(),
             bytes_read: 0,
+            suspects: Vec::new(),
         }
     }
 
@@ -346,6 +368,13 @@ mod tests {
             CacheKey::new("sha256:a", &argv(&["/app", "x"]), None, "/tmp"),
             CacheKey::new("sha256:b", &argv(&["/app", "x"]), None, "/"),
             CacheKey::new("sha256:a/app", &argv(&["x"]), None, "/"),
+            k.with_user(Some(&crate::rootfs::Creds::with_ids(
+                1000,
+                1000,
+                Vec::new(),
+            ))),
+            k.with_user(Some(&crate::rootfs::Creds::with_ids(1000, 1000, vec![5]))),
+            k.with_user(Some(&crate::rootfs::Creds::root())),
         ];
         for o in others {
             assert_ne!(k, o);

@@ -20,6 +20,7 @@
 //! from a layer below such a directory is kept, and noted as [`Unsure`].
 
 pub mod beneath;
+pub mod creds;
 pub mod xattrs;
 
 use std::fs::File;
@@ -34,6 +35,7 @@ use serde::Serialize;
 
 use crate::source::{FileSource, Source};
 pub use beneath::Resolver;
+pub use creds::{Caps, Creds, Want};
 
 /// Linux MAXSYMLINKS.
 pub const MAX_SYMLINK_HOPS: usize = 40;
@@ -49,6 +51,8 @@ pub struct Stat {
     pub size: u64,
     /// A character device 0/0: an overlay whiteout.
     pub whiteout: bool,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// Where the layers' entries come from: directories on disk ([`Dirs`]) or image layer
@@ -81,6 +85,10 @@ pub trait Layers {
     /// Mode of the root directory.
     fn root_mode(&self) -> u32 {
         0o755
+    }
+    /// Owner (uid, gid) of the root directory.
+    fn root_owner(&self) -> (u32, u32) {
+        (0, 0)
     }
     /// A layer removed since the stack was opened (a snapshot deleted mid-inspection): what
     /// was read from it may be absence that is not the image's.
@@ -193,6 +201,8 @@ pub struct Entry {
     /// Permission bits (`st_mode & 0o7777`).
     pub mode: u32,
     pub size: u64,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// One symlink followed during resolution.
@@ -225,6 +235,28 @@ pub enum Resolved {
     Loop {
         hops: Vec<Hop>,
     },
+    /// EACCES: the directory `at` (its mode and owner given) may not be searched by the
+    /// user the lookup was made for.
+    Denied {
+        at: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        hops: Vec<Hop>,
+    },
+}
+
+impl Resolved {
+    /// The symlinks followed, whatever the outcome.
+    pub fn into_hops(self) -> Vec<Hop> {
+        match self {
+            Resolved::Found { hops, .. }
+            | Resolved::NotFound { hops, .. }
+            | Resolved::NotADirectory { hops, .. }
+            | Resolved::Loop { hops }
+            | Resolved::Denied { hops, .. } => hops,
+        }
+    }
 }
 
 /// Result of looking up argv[0] the way runc does.
@@ -237,6 +269,21 @@ pub struct ExecLookup {
     pub searched: Vec<String>,
     /// True when argv[0] was a bare name and no PATH entry qualified.
     pub path_exhausted: bool,
+    /// With [`LookupStyle::Execvp`]: some candidate was refused with EACCES (the caller
+    /// then fails with "permission denied", not "not found").
+    pub denied: bool,
+}
+
+/// How a bare name is looked up in PATH.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupStyle {
+    /// runc's `exec.LookPath` (Go before 1.20, as the runc of Debian 12): the first
+    /// candidate that is a non-directory with any execute bit, whoever may exec it.
+    Runc,
+    /// A shell's or libc's `execvp`: each candidate is exec'd in turn; one refused with
+    /// EACCES (not executable by the user, or in a directory it cannot search) is passed
+    /// over and remembered.
+    Execvp,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +330,8 @@ struct Dir {
     rel: String,
     layers: Vec<usize>,
     mode: u32,
+    uid: u32,
+    gid: u32,
     /// The first `certain` of `layers` surely contribute; the rest do only if the directory
     /// named in `unsure_of` (path, layer) is not opaque, which could not be read.
     certain: usize,
@@ -310,6 +359,8 @@ enum Child<N> {
         kind: FileKind,
         mode: u32,
         size: u64,
+        uid: u32,
+        gid: u32,
         node: N,
     },
 }
@@ -489,10 +540,13 @@ impl Dirs {
         ) {
             Ok(fd) => Ok(Some(fd)),
             // Absent, or an ancestor in this layer is not a directory / is a link: the
-            // layer has nothing at this path.
-            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) | Err(Errno::XDEV) => {
-                Ok(None)
-            }
+            // layer has nothing at this path. A name longer than NAME_MAX (a `.wh.` marker
+            // for a 252-byte name) cannot be in it either.
+            Err(Errno::NOENT)
+            | Err(Errno::NOTDIR)
+            | Err(Errno::LOOP)
+            | Err(Errno::XDEV)
+            | Err(Errno::NAMETOOLONG) => Ok(None),
             Err(e) => Err(RootfsError::Io {
                 path: format!("/{rel}"),
                 layer,
@@ -573,6 +627,8 @@ impl Layers for Dirs {
             mode: st.st_mode & 0o7777,
             size: st.st_size.max(0) as u64,
             whiteout: ft == FileType::CharacterDevice && st.st_rdev == 0,
+            uid: st.st_uid,
+            gid: st.st_gid,
         };
         Ok(Some((stat, fd)))
     }
@@ -631,6 +687,14 @@ impl Layers for Dirs {
             .map(|s| s.st_mode & 0o7777)
             .unwrap_or(0o755)
     }
+
+    fn root_owner(&self) -> (u32, u32) {
+        self.fds
+            .first()
+            .and_then(|fd| rustix::fs::fstat(fd).ok())
+            .map(|s| (s.st_uid, s.st_gid))
+            .unwrap_or((0, 0))
+    }
 }
 
 impl<L: Layers> Stack<L> {
@@ -684,12 +748,24 @@ impl<L: Layers> Stack<L> {
     /// Resolves `path` (absolute, or relative to `cwd`) following every symlink, including a
     /// trailing one, re-anchored at the container root; `..` never climbs above it.
     pub fn resolve(&self, path: &str, cwd: &str) -> Result<Resolved, RootfsError> {
-        self.walk(path, cwd, true)
+        self.walk(path, cwd, true, None)
+    }
+
+    /// Like [`Stack::resolve`], as the kernel resolves it for `who`: every directory on the
+    /// way (links followed included) must be searchable by it, or the answer is
+    /// [`Resolved::Denied`].
+    pub fn resolve_as(
+        &self,
+        path: &str,
+        cwd: &str,
+        who: Option<&Creds>,
+    ) -> Result<Resolved, RootfsError> {
+        self.walk(path, cwd, true, who)
     }
 
     /// Like [`Rootfs::resolve`] but does not follow a trailing symlink.
     pub fn resolve_nofollow(&self, path: &str, cwd: &str) -> Result<Resolved, RootfsError> {
-        self.walk(path, cwd, false)
+        self.walk(path, cwd, false, None)
     }
 
     /// runc's argv[0] lookup: a name with `/` is resolved as is (relative to `cwd`); a bare name
@@ -700,35 +776,68 @@ impl<L: Layers> Stack<L> {
         path_env: Option<&str>,
         cwd: &str,
     ) -> Result<ExecLookup, RootfsError> {
+        self.lookup_exec_as(argv0, path_env, cwd, None, LookupStyle::Runc)
+    }
+
+    /// A lookup of `name` in PATH for `who`, the way `style` does it.
+    pub fn lookup_exec_as(
+        &self,
+        argv0: &str,
+        path_env: Option<&str>,
+        cwd: &str,
+        who: Option<&Creds>,
+        style: LookupStyle,
+    ) -> Result<ExecLookup, RootfsError> {
         if argv0.contains('/') {
             return Ok(ExecLookup {
-                resolved: self.resolve(argv0, cwd)?,
+                resolved: self.resolve_as(argv0, cwd, who)?,
                 searched: Vec::new(),
                 path_exhausted: false,
+                denied: false,
             });
         }
         let mut searched = Vec::new();
         let mut best: Option<Resolved> = None;
+        let mut denied = false;
         for dir in path_env.unwrap_or(DEFAULT_PATH).split(':') {
             let candidate = if dir.is_empty() {
                 format!("{}/{argv0}", cwd.trim_end_matches('/'))
             } else {
                 format!("{}/{argv0}", dir.trim_end_matches('/'))
             };
-            let r = self.resolve(&candidate, cwd)?;
+            let r = self.resolve_as(&candidate, cwd, who)?;
             searched.push(candidate);
-            match &r {
-                Resolved::Found { entry, .. }
-                    if entry.kind != FileKind::Directory && entry.mode & 0o111 != 0 =>
-                {
-                    return Ok(ExecLookup {
-                        resolved: r,
-                        searched,
-                        path_exhausted: false,
-                    });
+            let runnable = match (&r, style) {
+                (Resolved::Found { entry, .. }, LookupStyle::Runc) => {
+                    entry.kind != FileKind::Directory && entry.mode & 0o111 != 0
                 }
+                (Resolved::Found { entry, .. }, LookupStyle::Execvp) => {
+                    entry.kind == FileKind::Regular
+                        && who.is_none_or(|w| w.may(Want::Exec, entry.mode, entry.uid, entry.gid))
+                        && entry.mode & 0o111 != 0
+                }
+                _ => false,
+            };
+            if runnable {
+                return Ok(ExecLookup {
+                    resolved: r,
+                    searched,
+                    path_exhausted: false,
+                    denied: false,
+                });
+            }
+            match &r {
                 Resolved::Found { .. } => {
+                    // execve of it fails with EACCES: not executable (by this user), or a
+                    // directory.
+                    denied = true;
                     if !matches!(best, Some(Resolved::Found { .. })) {
+                        best = Some(r);
+                    }
+                }
+                Resolved::Denied { .. } => {
+                    denied = true;
+                    if best.is_none() {
                         best = Some(r);
                     }
                 }
@@ -747,6 +856,7 @@ impl<L: Layers> Stack<L> {
             resolved,
             searched,
             path_exhausted: true,
+            denied: denied && style == LookupStyle::Execvp,
         })
     }
 
@@ -762,11 +872,14 @@ impl<L: Layers> Stack<L> {
 
     fn root_dir(&self) -> Dir {
         let layers: Vec<usize> = (0..self.layers.count()).collect();
+        let (uid, gid) = self.layers.root_owner();
         Dir {
             rel: String::new(),
             certain: layers.len(),
             layers,
             mode: self.layers.root_mode(),
+            uid,
+            gid,
             unsure_of: None,
         }
     }
@@ -812,6 +925,8 @@ impl<L: Layers> Stack<L> {
                     rel: rel.clone(),
                     layers: Vec::new(),
                     mode: st.mode,
+                    uid: st.uid,
+                    gid: st.gid,
                     certain: 0,
                     unsure_of: None,
                 });
@@ -842,6 +957,8 @@ impl<L: Layers> Stack<L> {
                 kind: st.kind,
                 mode: st.mode,
                 size: st.size,
+                uid: st.uid,
+                gid: st.gid,
                 node,
             });
         }
@@ -851,7 +968,13 @@ impl<L: Layers> Stack<L> {
         }))
     }
 
-    fn walk(&self, path: &str, cwd: &str, follow_last: bool) -> Result<Resolved, RootfsError> {
+    fn walk(
+        &self,
+        path: &str,
+        cwd: &str,
+        follow_last: bool,
+        who: Option<&Creds>,
+    ) -> Result<Resolved, RootfsError> {
         use std::collections::VecDeque;
         let mut queue: VecDeque<String> = VecDeque::new();
         if !path.starts_with('/') {
@@ -868,7 +991,23 @@ impl<L: Layers> Stack<L> {
             if processed > MAX_COMPONENTS {
                 return Ok(Resolved::Loop { hops });
             }
-            if comp.is_empty() || comp == "." {
+            if comp.is_empty() {
+                continue;
+            }
+            // may_lookup(): every component, "." and ".." included, needs search permission
+            // on the directory it is looked up in.
+            if let (Some(w), Some(d)) = (who, stack.last()) {
+                if !w.may(Want::Search, d.mode, d.uid, d.gid) {
+                    return Ok(Resolved::Denied {
+                        at: d.path(),
+                        mode: d.mode,
+                        uid: d.uid,
+                        gid: d.gid,
+                        hops,
+                    });
+                }
+            }
+            if comp == "." {
                 continue;
             }
             if comp == ".." {
@@ -922,6 +1061,8 @@ impl<L: Layers> Stack<L> {
                     kind,
                     mode,
                     size,
+                    uid,
+                    gid,
                     ..
                 } => {
                     let at = format!("{}/{comp}", dir.path().trim_end_matches('/'));
@@ -935,6 +1076,8 @@ impl<L: Layers> Stack<L> {
                             kind,
                             mode,
                             size,
+                            uid,
+                            gid,
                         },
                         hops,
                     });
@@ -949,6 +1092,8 @@ impl<L: Layers> Stack<L> {
                 kind: FileKind::Directory,
                 mode: d.mode,
                 size: 0,
+                uid: d.uid,
+                gid: d.gid,
             },
             hops,
         })

@@ -37,6 +37,8 @@ pub struct Meta {
     /// A hard link: the content is that of this path in the same layer.
     hard: Option<String>,
     whiteout: bool,
+    uid: u32,
+    gid: u32,
 }
 
 struct Layer {
@@ -117,6 +119,8 @@ fn index_within(open: &Opener, max_bytes: usize) -> Result<HashMap<String, Meta>
         link: None,
         hard: None,
         whiteout: false,
+        uid: 0,
+        gid: 0,
     };
     for (n, e) in a.entries().map_err(|e| e.to_string())?.enumerate() {
         if n > MAX_ENTRIES {
@@ -154,6 +158,8 @@ fn index_within(open: &Opener, max_bytes: usize) -> Result<HashMap<String, Meta>
                 None
             },
             whiteout,
+            uid: u32::try_from(h.uid().unwrap_or(0)).unwrap_or(u32::MAX),
+            gid: u32::try_from(h.gid().unwrap_or(0)).unwrap_or(u32::MAX),
         };
         if path.len() > MAX_PATH_BYTES {
             return Err(format!(
@@ -275,6 +281,8 @@ impl Layers for TarLayers {
                     mode: m.mode,
                     size: m.size,
                     whiteout: m.whiteout,
+                    uid: m.uid,
+                    gid: m.gid,
                 },
                 m.clone(),
             )

@@ -364,6 +364,7 @@ fn check(
         path_env: path_env.as_deref(),
         cwd: &cwd,
         claimed_arch: cfg.arch(),
+        user: None,
     };
     match inspect::inspect(
         &root,
