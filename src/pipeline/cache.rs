@@ -27,6 +27,8 @@ const STEPS_MAX: usize = 8;
 const HOPS_MAX: usize = 4;
 /// Findings kept.
 const FINDINGS_MAX: usize = 8;
+/// Suspects (programs that may explain an exit) kept.
+const SUSPECTS_MAX: usize = 4;
 
 /// The most a [`capped`] inspection weighs by [`weight`].
 pub const ENTRY_MAX_BYTES: u64 = 64 * 1024;
@@ -130,6 +132,10 @@ fn within_caps(i: &Inspection) -> bool {
         })
         && i.findings.len() <= FINDINGS_MAX
         && i.findings.iter().all(|f| fits(&f.detail, TEXT_MAX))
+        && i.suspects.len() <= SUSPECTS_MAX
+        && i.suspects.iter().all(|s| {
+            fits(&s.program, STR_MAX) && fits(&s.cause, TEXT_MAX) && fits(&s.fix, TEXT_MAX)
+        })
 }
 
 fn cap_step(s: &mut Step) {
@@ -172,6 +178,12 @@ pub fn capped(i: Arc<Inspection>) -> Arc<Inspection> {
     for Finding { detail, .. } in &mut c.findings {
         cut(detail, TEXT_MAX);
     }
+    c.suspects.truncate(SUSPECTS_MAX);
+    for s in &mut c.suspects {
+        cut(&mut s.program, STR_MAX);
+        cut(&mut s.cause, TEXT_MAX);
+        cut(&mut s.fix, TEXT_MAX);
+    }
     Arc::new(c)
 }
 
@@ -208,6 +220,12 @@ pub fn weight(i: &Inspection) -> u64 {
         + i.findings
             .iter()
             .map(|f| size_of::<Finding>() + f.detail.len())
+            .sum::<usize>()
+        + i.suspects
+            .iter()
+            .map(|s| {
+                size_of::<crate::inspect::Suspect>() + s.program.len() + s.cause.len() + s.fix.len()
+            })
             .sum::<usize>();
     bytes as u64
 }
