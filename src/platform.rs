@@ -372,10 +372,10 @@ impl Node {
     pub fn nativity(&self, binary: Arch) -> Nativity {
         match (self.arch, binary) {
             (a, b) if a == b => Nativity::Native,
-            (Arch::Arm(node), Arch::Arm(bin)) => match (node, bin) {
-                (Some(n), Some(b)) if b > n => Nativity::Foreign,
-                _ => Nativity::Native,
-            },
+            // A 32-bit ARM kernel checks the machine, not the ISA level (arch/arm/kernel/
+            // elf.c, elf_check_arch()): a binary for a newer variant execs, and dies of
+            // SIGILL at the first instruction the CPU lacks (a finding, not a verdict).
+            (Arch::Arm(_), Arch::Arm(_)) => Nativity::Native,
             (Arch::Amd64, Arch::I386) | (Arch::Arm64, Arch::Arm(_)) if self.compat32 => {
                 Nativity::Compat32
             }
@@ -474,7 +474,7 @@ mod tests {
             (&arm64, Arch::Arm(Some(ArmVariant::V7)), Nativity::Compat32),
             (&arm64, Arch::Amd64, Nativity::Foreign),
             (&armv6, Arch::Arm(Some(ArmVariant::V5)), Nativity::Native),
-            (&armv6, Arch::Arm(Some(ArmVariant::V7)), Nativity::Foreign),
+            (&armv6, Arch::Arm(Some(ArmVariant::V7)), Nativity::Native),
             (&armv6, Arch::Arm(None), Nativity::Native),
             (&amd, Arch::S390x, Nativity::Foreign),
         ];

@@ -551,3 +551,58 @@ pub fn is_sandbox(c: &Container) -> bool {
 pub fn mounts_layers(m: &[Mount]) -> Result<Vec<PathBuf>, ContainerdError> {
     Ok(mounts::layers(m)?)
 }
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_fields_the_agent_needs_are_read() {
+        // A spec from a newer runtime: a seccomp action and architecture no crate knows, a
+        // field from the future. The process is still read.
+        let spec = br#"{
+            "ociVersion": "1.2.1",
+            "process": {
+                "user": {"uid": 1000, "gid": 3000, "additionalGids": [2000, 4000], "umask": 18},
+                "args": ["/docker-entrypoint.sh", "app"],
+                "env": ["PATH=/first", "HOME=/", "PATH=/usr/local/bin:/usr/bin"],
+                "cwd": "/srv",
+                "capabilities": {
+                    "bounding": ["CAP_CHOWN", "CAP_DAC_OVERRIDE"],
+                    "effective": ["CAP_DAC_OVERRIDE"],
+                    "ambient": []
+                },
+                "ioPriority": {"class": "IOPRIO_CLASS_FUTURE", "priority": 4}
+            },
+            "linux": {
+                "seccomp": {
+                    "defaultAction": "SCMP_ACT_KILL_THREAD_SOMEDAY",
+                    "architectures": ["SCMP_ARCH_RISCV128"],
+                    "syscalls": [{"names": ["personality"], "action": "SCMP_ACT_NOTIFY_LATER"}]
+                },
+                "netDevices": {"eth9": {}}
+            }
+        }"#;
+        let p = parse_spec_process(spec).expect("judgeable");
+        assert_eq!(p.args, vec!["/docker-entrypoint.sh", "app"]);
+        // runc (and every libc) give the process the last PATH=.
+        assert_eq!(p.path_env.as_deref(), Some("/usr/local/bin:/usr/bin"));
+        assert_eq!(p.cwd, "/srv");
+        assert_eq!((p.user.uid, p.user.gid), (1000, 3000));
+        assert_eq!(p.user.groups, vec![2000, 4000]);
+        assert!(p.user.caps.dac_override);
+        // A non-root uid keeps only its ambient set across an exec.
+        assert!(!p.user.caps_after_exec.dac_override);
+        // The crate's full parse refuses this spec: the reason to read only what is needed.
+        assert!(serde_json::from_slice::<oci_spec::runtime::Spec>(spec).is_err());
+
+        let root = parse_spec_process(
+            br#"{"process": {"args": ["/app"], "cwd": "/",
+            "capabilities": {"bounding": ["CAP_DAC_OVERRIDE"], "effective": []}}}"#,
+        )
+        .expect("root");
+        assert_eq!(root.user.uid, 0);
+        assert!(root.user.caps_after_exec.dac_override);
+        assert!(parse_spec_process(br#"{"ociVersion": "1.0.0"}"#).is_err());
+    }
+}
