@@ -259,7 +259,7 @@ fn the_newest_of_two_matching_handlers_is_the_one_the_kernel_uses() {
     let mut file = magic.to_vec();
     file.extend_from_slice(b" payload\n");
     std::fs::write(root.join("app"), &file).unwrap();
-    rustix::fs::chmod(&root.join("app"), rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
+    rustix::fs::chmod(root.join("app"), rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
     // Named so that name order would pick the older one.
     let old = support::unique("aaa-archwatch-old");
     let new = support::unique("zzz-archwatch-new");
