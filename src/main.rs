@@ -55,6 +55,10 @@ struct VerifyArgs {
     /// Platforms that must be present, e.g. linux/amd64,linux/arm64,linux/arm/v7.
     #[arg(long, value_delimiter = ',')]
     require_platforms: Vec<String>,
+    /// Whether a 32-bit binary passes in its 64-bit companion's image (386 in amd64, arm in
+    /// arm64): yes, or no (auto: no, as on nodes without 32-bit support).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "yes", "no"])]
+    compat32: String,
     #[arg(long)]
     json: bool,
 }
@@ -176,6 +180,10 @@ struct InspectArgs {
     /// Node architecture (OCI or uname name); default: this machine.
     #[arg(long)]
     node_arch: Option<String>,
+    /// Whether the node runs 32-bit binaries (386 on amd64, arm on arm64): auto probes this
+    /// machine (ia32_emulation, AArch32) and assumes yes for a --node-arch.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "yes", "no"])]
+    compat32: String,
     /// binfmt_misc table to use (files in the format of /proc/sys/fs/binfmt_misc).
     #[arg(long)]
     binfmt_dir: Option<PathBuf>,
@@ -277,8 +285,13 @@ fn binfmt_table(dir: Option<&PathBuf>) -> anyhow::Result<(Table, Option<String>)
     }
 }
 
+fn compat32(s: &str) -> anyhow::Result<archwatch::platform::Compat32> {
+    s.parse()
+        .map_err(|e: String| anyhow::anyhow!("--compat32 {e}"))
+}
+
 fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
-    let node = node(a.node_arch.as_deref())?;
+    let node = node(a.node_arch.as_deref())?.with_compat32(compat32(&a.compat32)?);
     let (table, binfmt_note) = binfmt_table(a.binfmt_dir.as_ref())?;
     let mut path_env = None;
     for kv in &a.env {
@@ -623,10 +636,14 @@ fn run_status(a: StatusArgs) -> anyhow::Result<u8> {
 
 fn run_verify(a: VerifyArgs) -> anyhow::Result<u8> {
     let path = std::path::Path::new(&a.target);
+    let opts = archwatch::verify::Options {
+        required: a.require_platforms.clone(),
+        compat32: compat32(&a.compat32)?,
+    };
     let report = if path.exists() {
-        archwatch::verify::verify(path, &a.require_platforms)?
+        archwatch::verify::verify_with(path, &opts)?
     } else if a.target.contains('/') && !a.target.starts_with('/') && !a.target.starts_with('.') {
-        archwatch::verify::verify_reference(&a.target, a.plain_http, &a.require_platforms)?
+        archwatch::verify::verify_reference_with(&a.target, a.plain_http, &opts)?
     } else {
         bail!(
             "{}: no such file or directory, and not a registry reference",

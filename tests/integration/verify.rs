@@ -321,3 +321,58 @@ fn a_real_registry_over_plain_http() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A 386 binary in an amd64 image: it runs only where the kernel has IA32 emulation, which
+/// `verify` does not assume unless told (`--compat32 yes`); `inspect` asks this machine's
+/// kernel, which runs it (runc runs the same file in e2e's ok-i386-compat).
+#[test]
+fn compat32_is_asked_not_assumed() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = layout(
+        &work.path().join("i386-in-amd64"),
+        vec![spec("amd64", None, vec![Layer(vec![bb("i386")])])],
+    );
+    let (code, v) = verify(&dir, &[]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(platform(&v, "linux/amd64")["verdict"], "arch_mismatch");
+    let (code, v) = verify(&dir, &["--compat32", "yes"]);
+    assert_eq!(code, 0, "{v:#}");
+    let p = platform(&v, "linux/amd64");
+    assert_eq!(p["verdict"], "ok");
+    assert!(
+        p["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["code"] == "compat_32bit"),
+        "{p:#}"
+    );
+
+    let root = work.path().join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::write(root.join("bin/busybox"), support::busybox("i386")).unwrap();
+    rustix::fs::chmod(
+        root.join("bin/busybox"),
+        rustix::fs::Mode::from_raw_mode(0o755),
+    )
+    .unwrap();
+    let inspect = |compat: &str| {
+        let out = support::archwatch()
+            .args(["inspect", "--json", "--compat32", compat, "--rootfs"])
+            .arg(&root)
+            .args(["--", "/bin/busybox", "true"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["verdict"].as_str().unwrap().to_string()
+    };
+    // This machine runs 386 binaries (the real kernel, not an assumption).
+    let ran = std::process::Command::new(root.join("bin/busybox"))
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(ran.success());
+    assert_eq!(inspect("auto"), "ok");
+    assert_eq!(inspect("no"), "arch_mismatch");
+    assert_eq!(inspect("yes"), "ok");
+}
