@@ -59,6 +59,10 @@ struct VerifyArgs {
     /// arm64): yes, or no (auto: no, as on nodes without 32-bit support).
     #[arg(long, default_value = "auto", value_parser = ["auto", "yes", "no"])]
     compat32: String,
+    /// Do not read the headers of the other executables in PATH (foreign_executables):
+    /// only the layers the entrypoint's paths need are read.
+    #[arg(long)]
+    no_census: bool,
     #[arg(long)]
     json: bool,
 }
@@ -639,6 +643,7 @@ fn run_verify(a: VerifyArgs) -> anyhow::Result<u8> {
     let opts = archwatch::verify::Options {
         required: a.require_platforms.clone(),
         compat32: compat32(&a.compat32)?,
+        census: !a.no_census,
     };
     let report = if path.exists() {
         archwatch::verify::verify_with(path, &opts)?

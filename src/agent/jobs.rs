@@ -435,14 +435,22 @@ pub(super) async fn inspect_off_runtime(
             claimed_arch: claimed,
             user: process.user.as_ref(),
         };
-        inspect::inspect(
+        let mut i = inspect::inspect(
             &root,
             &req,
             inspect::Context {
                 node: &node,
                 binfmt: &table,
             },
-        )
+        )?;
+        // Every executable of the image too, headers only (at pull, and for a container:
+        // its exit may come from one of them). A census the budget or the files cut short
+        // leaves the verdict as it is.
+        let named: Vec<String> = i.chain.iter().filter_map(|s| s.resolved.clone()).collect();
+        if let Ok(c) = inspect::census::census(&root, req.path_env, &named, &node) {
+            i.add_census(&c);
+        }
+        Ok(i)
     });
     let r = tokio::time::timeout(timeout + Duration::from_millis(500), job).await;
     m.inspection_duration

@@ -17,6 +17,7 @@
 //!
 //! "Cannot run" is a [`Verdict`], not an error: `Err` means the files could not be read.
 
+pub mod census;
 pub mod elf;
 pub mod script;
 pub mod shell;

@@ -82,6 +82,24 @@ pub trait Layers {
     }
     /// Opens a regular file found by resolution.
     fn open(&self, entry: &Entry) -> Result<Self::File, RootfsError>;
+    /// The names in the directory at `rel` of `layer` (whiteout markers included), at most
+    /// `max`.
+    fn list(&self, layer: usize, rel: &str, max: usize) -> Result<Vec<String>, RootfsError>;
+    /// The first `len` bytes of each of `entries` (regular files found by resolution).
+    fn heads(&self, entries: &[Entry], len: usize) -> Result<Vec<Vec<u8>>, RootfsError> {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let f = self.open(e)?;
+            out.push(
+                crate::source::read_vec(&f, 0, len).map_err(|source| RootfsError::Io {
+                    path: e.path.clone(),
+                    layer: e.layer,
+                    source,
+                })?,
+            );
+        }
+        Ok(out)
+    }
     /// Mode of the root directory.
     fn root_mode(&self) -> u32 {
         0o755
@@ -661,6 +679,43 @@ impl Layers for Dirs {
         Ok(FileSource::new(self.open_regular(entry)?, entry.size))
     }
 
+    fn list(&self, layer: usize, rel: &str, max: usize) -> Result<Vec<String>, RootfsError> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let at = if rel.is_empty() { "." } else { rel };
+        let fd = match self.open_from_last(layer, at, flags) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) | Err(Errno::XDEV) => {
+                return Ok(Vec::new())
+            }
+            Err(e) => {
+                return Err(RootfsError::Io {
+                    path: format!("/{rel}"),
+                    layer,
+                    source: e.into(),
+                })
+            }
+        };
+        let io = |e: Errno| RootfsError::Io {
+            path: format!("/{rel}"),
+            layer,
+            source: e.into(),
+        };
+        let mut dir = rustix::fs::Dir::read_from(&fd).map_err(io)?;
+        let mut names = Vec::new();
+        while let Some(ent) = dir.read() {
+            let ent = ent.map_err(io)?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            if names.len() >= max {
+                break;
+            }
+            names.push(name);
+        }
+        Ok(names)
+    }
+
     fn vanished(&self) -> Option<String> {
         // Removed: an open directory that has been deleted reports no links, and containerd
         // renames a snapshot away before deleting its files, so the path no longer names the
@@ -858,6 +913,46 @@ impl<L: Layers> Stack<L> {
             path_exhausted: true,
             denied: denied && style == LookupStyle::Execvp,
         })
+    }
+
+    /// The names in the merged directory at `path` (symlinks followed), at most `max`:
+    /// every layer that contributes to it, top first, whiteout markers left out (a name a
+    /// whiteout hides is still listed: resolving it says it is gone). `None` when `path` is
+    /// no directory.
+    pub fn list_dir(&self, path: &str, max: usize) -> Result<Option<Vec<String>>, RootfsError> {
+        let Resolved::Found { entry, .. } = self.resolve(path, "/")? else {
+            return Ok(None);
+        };
+        if entry.kind != FileKind::Directory {
+            return Ok(None);
+        }
+        let mut dir = self.root_dir();
+        for comp in entry.path.split('/').filter(|c| !c.is_empty()) {
+            match self.child(&dir, comp)? {
+                Child::Dir(d) => dir = d,
+                _ => return Ok(None),
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut names = Vec::new();
+        for &layer in &dir.layers {
+            self.check_deadline()?;
+            for n in self.layers.list(layer, &dir.rel, max)? {
+                if n.starts_with(".wh.") || names.len() >= max {
+                    continue;
+                }
+                if seen.insert(n.clone()) {
+                    names.push(n);
+                }
+            }
+        }
+        Ok(Some(names))
+    }
+
+    /// The first `len` bytes of each of `entries`.
+    pub fn heads(&self, entries: &[Entry], len: usize) -> Result<Vec<Vec<u8>>, RootfsError> {
+        self.check_deadline()?;
+        self.layers.heads(entries, len)
     }
 
     /// Opens a regular file found by resolution, for bounded reads.

@@ -299,6 +299,76 @@ impl Layers for TarLayers {
             .contains_key(&format!("{}/.wh..wh..opq", norm(rel))))
     }
 
+    fn list(&self, layer: usize, rel: &str, max: usize) -> Result<Vec<String>, RootfsError> {
+        let dir = norm(rel);
+        let mut names: Vec<String> = self
+            .index(layer)?
+            .keys()
+            .filter_map(|k| {
+                let rest = if dir.is_empty() {
+                    k.as_str()
+                } else {
+                    k.strip_prefix(dir.as_str())?.strip_prefix('/')?
+                };
+                (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_string())
+            })
+            .collect();
+        names.sort();
+        names.truncate(max);
+        Ok(names)
+    }
+
+    /// One pass over each layer that holds some of `entries` (not one per file).
+    fn heads(&self, entries: &[Entry], len: usize) -> Result<Vec<Vec<u8>>, RootfsError> {
+        let mut out = vec![Vec::new(); entries.len()];
+        let mut by_layer: HashMap<usize, HashMap<String, Vec<usize>>> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            let rel = norm(&e.path);
+            let target = self
+                .index(e.layer)?
+                .get(&rel)
+                .and_then(|m| m.hard.clone())
+                .unwrap_or(rel);
+            by_layer
+                .entry(e.layer)
+                .or_default()
+                .entry(target)
+                .or_default()
+                .push(i);
+        }
+        for (layer, mut want) in by_layer {
+            let io_err = |source: io::Error| RootfsError::Io {
+                path: format!("layer {layer}"),
+                layer,
+                source,
+            };
+            let r = decompress((self.layers[layer].open)().map_err(io_err)?).map_err(io_err)?;
+            let mut a = tar::Archive::new(r);
+            for e in a.entries().map_err(io_err)? {
+                if want.is_empty() {
+                    break;
+                }
+                let mut e = e.map_err(io_err)?;
+                if e.header().entry_type().is_hard_link() {
+                    continue;
+                }
+                let p = norm(&e.path().map_err(io_err)?.to_string_lossy());
+                let Some(idx) = want.remove(&p) else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                (&mut e)
+                    .take(len as u64)
+                    .read_to_end(&mut head)
+                    .map_err(io_err)?;
+                for i in idx {
+                    out[i].clone_from(&head);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn open(&self, entry: &Entry) -> Result<MemFile, RootfsError> {
         let rel = norm(&entry.path);
         let target = self

@@ -160,6 +160,9 @@ pub struct Options {
     /// in arm64) with a `compat_32bit` finding. `Auto` and `No`: it must not (nodes without
     /// 32-bit support exist for both).
     pub compat32: Compat32,
+    /// Also read the header of every executable in the PATH directories
+    /// (`foreign_executables`): every layer that holds one of them is then read.
+    pub census: bool,
 }
 
 impl Options {
@@ -167,6 +170,7 @@ impl Options {
         Options {
             required: required.to_vec(),
             compat32: Compat32::Auto,
+            census: true,
         }
     }
 }
@@ -420,7 +424,18 @@ fn check(
             binfmt: &table,
         },
     ) {
-        Ok(i) => {
+        Ok(mut i) => {
+            if opts.census {
+                let named: Vec<String> =
+                    i.chain.iter().filter_map(|s| s.resolved.clone()).collect();
+                match inspect::census::census(&root, req.path_env, &named, &node) {
+                    Ok(c) => i.add_census(&c),
+                    Err(e) => report.findings.push(Finding {
+                        code: "census_incomplete",
+                        detail: format!("the executables of the image could not all be read: {e}"),
+                    }),
+                }
+            }
             report.verdict = i.verdict;
             report.binary_arch = i.binary_arch.map(|a| a.to_string());
             report.cause = i.cause;

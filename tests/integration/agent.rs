@@ -473,10 +473,33 @@ fn agent_follows_entrypoint_execs_and_attributes_shell_exits() {
             ],
         ))],
     );
+    // No exec at all: the script runs an arm64 tool that a build step downloaded for the
+    // wrong arch; only the census of the image's executables can name it.
+    let runs_tool = ImageSpec::new(
+        "amd64",
+        &["/start.sh"],
+        vec![Layer(with(
+            base(),
+            vec![
+                Item::file(
+                    "/start.sh",
+                    b"#!/bin/sh
+set -e
+tool --init
+echo ready
+"
+                    .to_vec(),
+                    0o755,
+                ),
+                Item::file("/usr/local/bin/tool", support::busybox("arm64"), 0o755),
+            ],
+        ))],
+    );
     let cases = [
         ("ep-arm64-cmd", ep_arm64),
         ("ep-native-cmd", ep_ok),
         ("maybe-arm64", maybe_arm64),
+        ("runs-arm64-tool", runs_tool),
     ];
     for (name, spec) in &cases {
         import(
@@ -498,7 +521,7 @@ fn agent_follows_entrypoint_execs_and_attributes_shell_exits() {
         );
         assert_eq!(r.code == Some(0), *name == "ep-native-cmd", "{name}: {r:?}");
     }
-    for name in ["ep-arm64-cmd", "maybe-arm64"] {
+    for name in ["ep-arm64-cmd", "maybe-arm64", "runs-arm64-tool"] {
         agent.wait_for(
             &format!("diagnosis of {name}"),
             Duration::from_secs(20),
@@ -524,6 +547,23 @@ fn agent_follows_entrypoint_execs_and_attributes_shell_exits() {
         .collect();
     assert!(codes.contains(&"exit_attributed"), "{maybe}");
     assert!(codes.contains(&"exec_uncertain"), "{maybe}");
+    let tool = failure_for(&agent, "runs-arm64-tool").unwrap();
+    assert_eq!(tool["verdict"], "arch_mismatch", "{tool}");
+    assert!(
+        tool["cause"]
+            .as_str()
+            .unwrap()
+            .contains("/usr/local/bin/tool"),
+        "{tool}"
+    );
+    let codes: Vec<&str> = tool["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["code"].as_str())
+        .collect();
+    assert!(codes.contains(&"foreign_executables"), "{tool}");
+    assert!(codes.contains(&"exit_attributed"), "{tool}");
     std::thread::sleep(Duration::from_secs(2));
     assert!(failure_for(&agent, "ep-native-cmd").is_none());
 }

@@ -376,3 +376,45 @@ fn compat32_is_asked_not_assumed() {
     assert_eq!(inspect("no"), "arch_mismatch");
     assert_eq!(inspect("yes"), "ok");
 }
+
+/// A wrong-arch tool elsewhere in PATH (a build step that downloaded the build machine's
+/// binary): the entrypoint runs, and the census names the tool.
+#[test]
+fn the_census_names_foreign_executables_in_path() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = layout(
+        &work.path().join("tool"),
+        vec![spec(
+            "amd64",
+            None,
+            vec![
+                Layer(vec![bb("amd64")]),
+                Layer(vec![Item::file(
+                    "/usr/local/bin/kubectl",
+                    support::busybox("arm64"),
+                    0o755,
+                )]),
+            ],
+        )],
+    );
+    let (code, v) = verify(&dir, &[]);
+    assert_eq!(code, 0, "{v:#}");
+    let p = platform(&v, "linux/amd64");
+    let f = p["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "foreign_executables")
+        .unwrap_or_else(|| panic!("{p:#}"));
+    assert!(
+        f["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/usr/local/bin/kubectl (linux/arm64)"),
+        "{f}"
+    );
+    let (_, v) = verify(&dir, &["--no-census"]);
+    assert!(platform(&v, "linux/amd64")["findings"]
+        .as_array()
+        .is_none_or(|a| a.iter().all(|f| f["code"] != "foreign_executables")));
+}
