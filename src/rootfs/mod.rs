@@ -82,6 +82,12 @@ pub trait Layers {
     }
     /// Opens a regular file found by resolution.
     fn open(&self, entry: &Entry) -> Result<Self::File, RootfsError>;
+    /// Whether a merged directory's lower layers are looked at only when a lookup in the
+    /// layers above does not decide: for sources where a layer costs a read of its whole
+    /// blob (image archives), so a lower layer is never read for paths the upper ones hold.
+    fn lazy_merge(&self) -> bool {
+        false
+    }
     /// The names in the directory at `rel` of `layer` (whiteout markers included), at most
     /// `max`.
     fn list(&self, layer: usize, rel: &str, max: usize) -> Result<Vec<String>, RootfsError>;
@@ -354,6 +360,9 @@ struct Dir {
     /// named in `unsure_of` (path, layer) is not opaque, which could not be read.
     certain: usize,
     unsure_of: Option<(String, usize)>,
+    /// `layers` stops at the first layer that holds the directory (lazy merge): the layers
+    /// below were not looked at.
+    partial: bool,
 }
 
 impl Dir {
@@ -928,8 +937,8 @@ impl<L: Layers> Stack<L> {
         }
         let mut dir = self.root_dir();
         for comp in entry.path.split('/').filter(|c| !c.is_empty()) {
-            match self.child(&dir, comp)? {
-                Child::Dir(d) => dir = d,
+            match self.child_in(&dir, comp, false)? {
+                Some(Child::Dir(d)) => dir = d,
                 _ => return Ok(None),
             }
         }
@@ -976,19 +985,58 @@ impl<L: Layers> Stack<L> {
             uid,
             gid,
             unsure_of: None,
+            partial: false,
         }
     }
 
     /// Looks `name` up in the merged directory `dir`.
     fn child(&self, dir: &Dir, name: &str) -> Result<Child<L::Node>, RootfsError> {
+        let lazy = self.layers.lazy_merge();
+        if let Some(c) = self.child_in(dir, name, lazy)? {
+            return Ok(c);
+        }
+        // The layers looked at do not decide: look at all of the directory's.
+        let full = self.complete(dir)?;
+        Ok(self.child_in(&full, name, lazy)?.unwrap_or(Child::Missing))
+    }
+
+    /// `dir` with every layer that contributes to it.
+    fn complete(&self, dir: &Dir) -> Result<Dir, RootfsError> {
+        let mut d = self.root_dir();
+        for comp in dir.rel.split('/').filter(|c| !c.is_empty()) {
+            match self.child_in(&d, comp, false)? {
+                Some(Child::Dir(x)) => d = x,
+                _ => {
+                    return Ok(Dir {
+                        partial: false,
+                        ..dir.clone()
+                    })
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    /// Looks `name` up in `dir`; with `lazy`, a directory found stops the merge (its lower
+    /// layers are left for when a lookup needs them). `None` when `dir` is partial and the
+    /// layers it holds do not decide.
+    fn child_in(
+        &self,
+        dir: &Dir,
+        name: &str,
+        lazy: bool,
+    ) -> Result<Option<Child<L::Node>>, RootfsError> {
         if name.starts_with(".wh.") {
-            return Ok(Child::Missing);
+            return Ok(Some(Child::Missing));
         }
         let rel = dir.rel(name);
         let mut merged: Option<Dir> = None;
         // Set once the layers reached from here on might be hidden by a directory whose
         // opacity could not be read: `dir` itself in an upper layer, or the merged child.
         let mut unsure: Option<(String, usize)> = None;
+        // A whiteout, an opaque directory or a non-directory ended the merge.
+        let mut settled = false;
+        let mut stopped = false;
         for (k, &layer) in dir.layers.iter().enumerate() {
             self.check_deadline()?;
             if k == dir.certain && unsure.is_none() {
@@ -1002,12 +1050,14 @@ impl<L: Layers> Stack<L> {
                         .stat(layer, &dir.rel(&format!(".wh.{name}")))?
                         .is_some()
                     {
+                        settled = true;
                         break;
                     }
                     continue;
                 }
             };
             if st.whiteout {
+                settled = true;
                 break;
             }
             if st.kind == FileKind::Directory {
@@ -1024,13 +1074,17 @@ impl<L: Layers> Stack<L> {
                     gid: st.gid,
                     certain: 0,
                     unsure_of: None,
+                    partial: false,
                 });
                 d.layers.push(layer);
                 if unsure.is_none() {
                     d.certain = d.layers.len();
                 }
                 match self.layers.opacity(layer, &rel)? {
-                    Opacity::Opaque => break,
+                    Opacity::Opaque => {
+                        settled = true;
+                        break;
+                    }
                     Opacity::Transparent => {}
                     Opacity::Unknown => {
                         if unsure.is_none() {
@@ -1038,16 +1092,21 @@ impl<L: Layers> Stack<L> {
                         }
                     }
                 }
+                if lazy {
+                    stopped = true;
+                    break;
+                }
                 continue;
             }
             if merged.is_some() {
                 // A non-directory below a directory is hidden and stops the merge.
+                settled = true;
                 break;
             }
             if let Some(why) = &unsure {
                 self.note_unsure(why, &rel, layer);
             }
-            return Ok(Child::Other {
+            return Ok(Some(Child::Other {
                 layer,
                 kind: st.kind,
                 mode: st.mode,
@@ -1055,12 +1114,17 @@ impl<L: Layers> Stack<L> {
                 uid: st.uid,
                 gid: st.gid,
                 node,
-            });
+            }));
         }
-        Ok(merged.map_or(Child::Missing, |mut d| {
+        if dir.partial && !settled && !stopped {
+            // Layers below `dir`'s were never looked at: they may hold `name`.
+            return Ok(None);
+        }
+        Ok(Some(merged.map_or(Child::Missing, |mut d| {
             d.unsure_of = unsure;
+            d.partial = stopped || (dir.partial && !settled);
             Child::Dir(d)
-        }))
+        })))
     }
 
     fn walk(

@@ -138,6 +138,8 @@ pub struct PlatformReport {
     /// Layers decompressed to decide (of `layers`).
     pub layers_read: usize,
     pub layers: usize,
+    /// Bytes read from the layer blobs (compressed; a layer read twice counts twice).
+    pub blob_bytes_read: u64,
 }
 
 /// The whole answer.
@@ -381,6 +383,7 @@ fn check(
         findings: Vec::new(),
         layers_read: 0,
         layers: n_layers,
+        blob_bytes_read: 0,
     };
     let Some(arch) = arch else {
         report.cause = format!("platform {platform} names no architecture archwatch knows");
@@ -448,6 +451,7 @@ fn check(
         }
     }
     report.layers_read = root.backend().layers_indexed();
+    report.blob_bytes_read = root.backend().blob_bytes_read();
     report
 }
 

@@ -418,3 +418,48 @@ fn the_census_names_foreign_executables_in_path() {
         .as_array()
         .is_none_or(|a| a.iter().all(|f| f["code"] != "foreign_executables")));
 }
+
+/// The entrypoint lives in the top layer: the layers below are never decompressed (without
+/// the census, which needs every PATH directory); a bare name found only below reads them.
+#[test]
+fn lower_layers_are_read_only_when_a_path_needs_them() {
+    let work = tempfile::tempdir().unwrap();
+    // Incompressible, so the blob is as large as the file.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..(4 << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let lower = Layer(vec![
+        Item::file("/opt/data.bin", noise, 0o644),
+        Item::symlink("/usr/bin/true", "/bin/busybox"),
+    ]);
+    let mut top_entry = spec("amd64", None, vec![lower.clone(), Layer(vec![bb("amd64")])]);
+    top_entry.entrypoint = vec!["/bin/busybox".into(), "true".into()];
+    let mut bare = spec("amd64", None, vec![lower, Layer(vec![bb("amd64")])]);
+    bare.entrypoint = vec!["true".into()];
+    for (name, s, layers_read) in [("top", top_entry, 1), ("bare", bare, 2)] {
+        let dir = layout(&work.path().join(name), vec![s]);
+        let (code, v) = verify(&dir, &["--no-census"]);
+        assert_eq!(code, 0, "{name}: {v:#}");
+        let p = platform(&v, "linux/amd64");
+        assert_eq!(p["verdict"], "ok", "{name}: {p:#}");
+        assert_eq!(p["layers_read"], layers_read, "{name}: {p:#}");
+        if layers_read == 1 {
+            // The busybox layer, read twice (index, then the file's head): not the 4 MiB.
+            assert!(
+                p["blob_bytes_read"].as_u64().unwrap() < 4 << 20,
+                "{name}: {p:#}"
+            );
+        } else {
+            assert!(
+                p["blob_bytes_read"].as_u64().unwrap() > 4 << 20,
+                "{name}: {p:#}"
+            );
+        }
+    }
+}
