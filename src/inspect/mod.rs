@@ -1800,6 +1800,18 @@ pub fn inspect_bytes(data: &[u8]) -> u64 {
     let _ = script::bom_before_shebang(head);
     let _ = script::looks_like_text(head);
     let _ = format_name(head);
+    // As an entrypoint script's body: what it execs.
+    let args = ["-x".to_string(), "app".to_string()];
+    let _ = shell::plan(
+        data,
+        &shell::Start {
+            dollar0: "/docker-entrypoint.sh",
+            args: &args,
+            uid: 1000,
+            gid: 1000,
+            path: Some(rootfs::DEFAULT_PATH),
+        },
+    );
     if let Ok(Parsed::Elf(info)) = elf::parse(&src) {
         let _ = info.describe();
     }

@@ -852,9 +852,11 @@ impl Eval {
                 let Ok(k) = n.parse::<usize>() else {
                     return Val::Unknown;
                 };
-                match &self.args {
-                    Some(a) => Val::Known(a.get(k - 1).cloned().unwrap_or_default()),
-                    None => Val::Unknown,
+                match (k.checked_sub(1), &self.args) {
+                    // ${00} is $0.
+                    (None, _) => Val::Known(self.dollar0.clone()),
+                    (Some(i), Some(a)) => Val::Known(a.get(i).cloned().unwrap_or_default()),
+                    (Some(_), None) => Val::Unknown,
                 }
             }
             n => self.vars.get(n).cloned().unwrap_or(Val::Unknown),
@@ -1699,6 +1701,8 @@ exec "$@"
             ("#!/bin/sh\nexec 2>&1\nexec \"$@\"\n", &["app"], 0, Some(&["app"])),
             ("#!/bin/sh\nexec tini -- \"$@\"", &["app"], 0, Some(&["tini", "--", "app"])),
             ("#!/bin/sh\nshift\nexec \"$@\"\n", &["drop", "app"], 0, Some(&["app"])),
+            // Found by fuzzing: ${00} is $0.
+            ("#!/bin/sh\nexec \"${00}\" x\n", &[], 0, Some(&["/docker-entrypoint.sh", "x"])),
         ];
         for (script, args, uid, want) in cases {
             let got = exec_of(script, args, *uid);
