@@ -130,6 +130,7 @@ fn main() {
         path_env: Some("/usr/bin:/"),
         cwd: "/",
         claimed_arch: None,
+        user: None,
     };
     let ctx = Context {
         node: &node,

@@ -89,7 +89,19 @@ fn main() {
     l.write_dir(&layout).expect("layout");
 
     let mut verify = Vec::new();
+    let mut entry_only = Vec::new();
     let mut manual = Vec::new();
+    let mut bytes = (0u64, 0u64);
+    let blob_bytes = |v: &serde_json::Value| -> u64 {
+        v["platforms"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter_map(|p| p["blob_bytes_read"].as_u64())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
     for _ in 0..runs {
         let t = Instant::now();
         let out = run(Command::new(env!("CARGO_BIN_EXE_archwatch"))
@@ -99,6 +111,23 @@ fn main() {
         verify.push(t.elapsed());
         let v: serde_json::Value = serde_json::from_str(&out).expect("verify --json");
         assert_eq!(v["platforms"].as_array().map(Vec::len), Some(2), "{v:#}");
+        bytes.0 = blob_bytes(&v);
+
+        // Only the entrypoint's paths: the census of PATH left out.
+        let t = Instant::now();
+        let out = run(Command::new(env!("CARGO_BIN_EXE_archwatch"))
+            .arg("verify")
+            .arg(&layout)
+            .args([
+                "--json",
+                "--no-census",
+                "--require-platforms",
+                "linux/amd64,linux/arm64",
+            ]));
+        entry_only.push(t.elapsed());
+        let v: serde_json::Value = serde_json::from_str(&out).expect("verify --json");
+        assert_eq!(v["ok"], true, "{v:#}");
+        bytes.1 = blob_bytes(&v);
 
         let t = Instant::now();
         let said: Vec<String> = ["amd64", "arm64"]
@@ -109,7 +138,7 @@ fn main() {
         assert!(said[0].contains("x86-64"), "{said:?}");
         assert!(said[1].contains("aarch64"), "{said:?}");
     }
-    let (v, m) = (median(verify), median(manual));
+    let (v, e, m) = (median(verify), median(entry_only), median(manual));
     println!(
         "verify: 2 platforms, each a {mib} MiB lower layer + the busybox layer; median of {runs}"
     );
@@ -118,5 +147,11 @@ fn main() {
         v.as_secs_f64() * 1000.0,
         m.as_secs_f64() * 1000.0,
         m.as_secs_f64() / v.as_secs_f64()
+    );
+    println!(
+        "verify: blob bytes read {} (with the census of PATH), {} in {:.0} ms with --no-census (the entrypoint's paths only)",
+        bytes.0,
+        bytes.1,
+        e.as_secs_f64() * 1000.0
     );
 }

@@ -2,9 +2,11 @@
 //! `fs/binfmt_misc.c` does.
 //!
 //! The kernel asks binfmt_misc before the ELF and script loaders (it is inserted at the head
-//! of the formats list), in the order handlers were registered, newest first. The directory
-//! does not reveal that order, so handlers are kept in name order; two enabled handlers that
-//! both match one binary are a misconfiguration either way.
+//! of the formats list), and its handlers in their list's order: each registration is added
+//! at the head (fs/binfmt_misc.c, `list_add(&e->list, &misc->entries)`), so the newest is
+//! asked first. Each entry's inode is made at registration with the time of that moment, and
+//! the directory lists the newest entries first (dcache order): handlers are ordered by
+//! modification time, newest first, then by their place in the listing.
 //!
 //! A handler without the `F` flag opens its interpreter at exec time, in the mount namespace
 //! of the process — inside the container. With `F` the kernel opened it at registration.
@@ -22,7 +24,7 @@ pub const BINPRM_BUF_SIZE: usize = 256;
 pub struct Table {
     /// Global `status` file says `enabled`.
     pub enabled: bool,
-    /// In kernel match order (most recently registered first when known; otherwise name order).
+    /// In kernel match order: most recently registered first.
     pub handlers: Vec<Handler>,
 }
 
@@ -105,7 +107,11 @@ impl Table {
                     let text = std::fs::read_to_string(ent.path()).map_err(unreadable)?;
                     enabled = text.trim() != "disabled";
                 }
-                _ => names.push((name, ent.path())),
+                _ => {
+                    // Registration time; an entry that cannot be stat'ed sorts last.
+                    let made = ent.metadata().and_then(|m| m.modified()).ok();
+                    names.push((made, names.len(), name, ent.path()));
+                }
             }
         }
         if !status_seen && names.is_empty() {
@@ -115,10 +121,11 @@ impl Table {
                 "no status file: binfmt_misc is not mounted there",
             )));
         }
-        names.sort();
+        // Newest first; the listing's order (the kernel's, for binfmt_misc) breaks ties.
+        names.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut handlers = Vec::new();
         let mut errors = Vec::new();
-        for (name, path) in names {
+        for (_, _, name, path) in names {
             // Entries are tiny; refuse anything that is not.
             let text = match read_small(&path) {
                 Ok(t) => t,
@@ -499,6 +506,45 @@ mod tests {
         assert!(
             t.matching(b"....ABCD", "/a").is_none(),
             "global status disabled"
+        );
+    }
+
+    #[test]
+    fn the_newest_registration_is_asked_first() {
+        // Two handlers take the same binary; the later registration wins, whatever the
+        // names. Registration time is the entry's mtime.
+        let dir = tempfile::tempdir().unwrap();
+        let (_, m, k, _) = DEBIAN_QEMU[0];
+        write_table(
+            dir.path(),
+            "enabled\n",
+            &[
+                ("aaa-old", entry(m, k, "F", true)),
+                ("zzz-new", entry(m, k, "F", true)),
+            ],
+        );
+        let at = |name: &str, secs: u64| {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(dir.path().join(name))
+                .unwrap();
+            f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                .unwrap();
+        };
+        at("aaa-old", 1_000);
+        at("zzz-new", 2_000);
+        let (t, _) = Table::read_dir(dir.path()).unwrap();
+        let names: Vec<&str> = t.handlers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["zzz-new", "aaa-old"]);
+        assert_eq!(
+            t.matching(&header(2, 1, 183), "/app").unwrap().name,
+            "zzz-new"
+        );
+        at("aaa-old", 3_000);
+        let (t, _) = Table::read_dir(dir.path()).unwrap();
+        assert_eq!(
+            t.matching(&header(2, 1, 183), "/app").unwrap().name,
+            "aaa-old"
         );
     }
 

@@ -129,11 +129,17 @@ pub struct Diagnosis {
 }
 
 /// A failed start is an exec failure only when the files say argv[0] will not exec; the exit
-/// code alone proves nothing (runc 1.1 exits 1, runc 1.2 and later 255).
+/// code alone proves nothing (runc 1.1 exits 1, runc 1.2 and later 255). An entrypoint that
+/// runs and exits as a shell does when its own exec fails (126, 127, busybox's 2) is
+/// diagnosed when a program it may exec cannot run ([`Inspection::attributed`]).
 pub fn diagnose(node: &str, who: &Identity, i: &Inspection, exit: &Exit) -> Option<Diagnosis> {
-    if i.verdict.will_exec() {
-        return None;
-    }
+    let attributed;
+    let i = if i.verdict.will_exec() {
+        attributed = i.attributed(exit.exit_code)?;
+        &attributed
+    } else {
+        i
+    };
     if exit.signal != Signal::TaskNeverCreated && exit.exit_code == Some(0) {
         return None;
     }
@@ -143,7 +149,7 @@ pub fn diagnose(node: &str, who: &Identity, i: &Inspection, exit: &Exit) -> Opti
         argv: i.argv.clone(),
         verdict: i.verdict,
         reason: i.verdict.event_reason(),
-        symptom: i.verdict.symptom(),
+        symptom: i.symptom,
         cause: i.cause.clone(),
         fix: i.fix.clone(),
         fix_code: i.fix_code,
@@ -195,6 +201,7 @@ mod tests {
             chain: Vec::new(),
             findings: Vec::new(),
             bytes_read: 0,
+            suspects: Vec::new(),
         }
     }
 
@@ -248,6 +255,69 @@ mod tests {
                 assert_eq!(d.identity.namespace(), "team");
                 assert_eq!(d.binary_arch.as_deref(), Some("arm64"));
                 assert_eq!(d.fix_code, FixCode::PublishMultiarch);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod attribution_tests {
+    use super::*;
+    use crate::inspect::Suspect;
+    use crate::platform::Arch;
+
+    /// An entrypoint that runs, and may exec an arm64 program it cannot be sure of.
+    fn runs_with_suspect(suspects: Vec<Suspect>) -> Inspection {
+        Inspection {
+            verdict: Verdict::Ok,
+            cause: "runs".into(),
+            fix: "Nothing to fix.".into(),
+            fix_code: crate::fix::FixCode::None,
+            symptom: Verdict::Ok.symptom(),
+            argv: vec!["/start.sh".into()],
+            node_arch: Arch::Amd64,
+            binary_arch: Some(Arch::Amd64),
+            handler: None,
+            chain: Vec::new(),
+            findings: Vec::new(),
+            bytes_read: 0,
+            suspects,
+        }
+    }
+
+    #[test]
+    fn shell_exits_are_attributed_to_the_program_that_cannot_run() {
+        let arm = Suspect {
+            program: "/usr/local/bin/server".into(),
+            verdict: Verdict::ArchMismatch,
+            cause: "start.sh may exec /usr/local/bin/server (line 3), and it is linux/arm64".into(),
+            fix: "Publish a multi-arch image.".into(),
+            symptom: "exec format error",
+            binary_arch: Some(Arch::Arm64),
+        };
+        let who = Identity::default();
+        let exit = |code| Exit {
+            signal: Signal::TaskExit,
+            exit_code: Some(code),
+            started_at: None,
+            exited_at: None,
+        };
+        let cases = [
+            (vec![arm.clone()], 127, Some(Verdict::ArchMismatch)),
+            (vec![arm.clone()], 126, Some(Verdict::ArchMismatch)),
+            (vec![arm.clone()], 2, Some(Verdict::ArchMismatch)),
+            (vec![arm.clone()], 1, None),
+            (vec![arm.clone()], 0, None),
+            (Vec::new(), 127, None),
+        ];
+        for (suspects, code, want) in cases {
+            let d = diagnose("n", &who, &runs_with_suspect(suspects), &exit(code));
+            assert_eq!(d.as_ref().map(|d| d.verdict), want, "exit {code}");
+            if let Some(d) = d {
+                assert_eq!(d.binary_arch.as_deref(), Some("arm64"));
+                assert_eq!(d.symptom, "exec format error");
+                assert!(d.cause.contains("/usr/local/bin/server"), "{}", d.cause);
+                assert!(d.findings.iter().any(|f| f.code == "exit_attributed"));
             }
         }
     }

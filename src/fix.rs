@@ -408,6 +408,7 @@ mod tests {
                 })
                 .collect(),
             bytes_read: 0,
+            suspects: Vec::new(),
         }
     }
 

@@ -55,6 +55,14 @@ struct VerifyArgs {
     /// Platforms that must be present, e.g. linux/amd64,linux/arm64,linux/arm/v7.
     #[arg(long, value_delimiter = ',')]
     require_platforms: Vec<String>,
+    /// Whether a 32-bit binary passes in its 64-bit companion's image (386 in amd64, arm in
+    /// arm64): yes, or no (auto: no, as on nodes without 32-bit support).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "yes", "no"])]
+    compat32: String,
+    /// Do not read the headers of the other executables in PATH (foreign_executables):
+    /// only the layers the entrypoint's paths need are read.
+    #[arg(long)]
+    no_census: bool,
     #[arg(long)]
     json: bool,
 }
@@ -180,6 +188,10 @@ struct InspectArgs {
     /// Node architecture (OCI or uname name); default: this machine.
     #[arg(long)]
     node_arch: Option<String>,
+    /// Whether the node runs 32-bit binaries (386 on amd64, arm on arm64): auto probes this
+    /// machine (ia32_emulation, AArch32) and assumes yes for a --node-arch.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "yes", "no"])]
+    compat32: String,
     /// binfmt_misc table to use (files in the format of /proc/sys/fs/binfmt_misc).
     #[arg(long)]
     binfmt_dir: Option<PathBuf>,
@@ -192,6 +204,13 @@ struct InspectArgs {
     /// Architecture the image config claims (reports config_arch_mismatch when it lies).
     #[arg(long)]
     claimed_arch: Option<String>,
+    /// The container's user, UID[:GID] (numbers): permissions are judged as it (a non-root
+    /// user without capabilities, as Docker and CRI-O start one); default root.
+    #[arg(long, value_name = "UID[:GID]")]
+    user: Option<String>,
+    /// Additional group ids of the user (repeatable).
+    #[arg(long = "group", value_name = "GID")]
+    groups: Vec<u32>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -274,8 +293,13 @@ fn binfmt_table(dir: Option<&PathBuf>) -> anyhow::Result<(Table, Option<String>)
     }
 }
 
+fn compat32(s: &str) -> anyhow::Result<archwatch::platform::Compat32> {
+    s.parse()
+        .map_err(|e: String| anyhow::anyhow!("--compat32 {e}"))
+}
+
 fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
-    let node = node(a.node_arch.as_deref())?;
+    let node = node(a.node_arch.as_deref())?.with_compat32(compat32(&a.compat32)?);
     let (table, binfmt_note) = binfmt_table(a.binfmt_dir.as_ref())?;
     let mut path_env = None;
     for kv in &a.env {
@@ -288,6 +312,15 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
     }
     let mut claimed_arch = match &a.claimed_arch {
         Some(c) => Some(Arch::parse(c).with_context(|| format!("unknown architecture {c:?}"))?),
+        None => None,
+    };
+    let user = match &a.user {
+        Some(u) => {
+            let mut c = archwatch::rootfs::Creds::parse(u)
+                .with_context(|| format!("--user wants UID[:GID] (numbers), got {u:?}"))?;
+            c.groups.clone_from(&a.groups);
+            Some(c)
+        }
         None => None,
     };
     let mut argv = a.argv.clone();
@@ -346,15 +379,15 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
             eprintln!("archwatch: {w}");
         }
     }
-    let result = inspect_layers(
-        layers,
-        &argv,
-        path_env.as_deref(),
-        cwd.as_deref().unwrap_or("/"),
+    let cwd = cwd.unwrap_or_else(|| "/".to_string());
+    let req = Request {
+        argv: &argv,
+        path_env: path_env.as_deref(),
+        cwd: &cwd,
         claimed_arch,
-        &node,
-        &table,
-    );
+        user: user.as_ref(),
+    };
+    let result = inspect_layers(layers, &req, &node, &table);
     if let Some((rt, client, v)) = view {
         rt.block_on(client.close_view(v));
     }
@@ -378,26 +411,17 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
 
 fn inspect_layers(
     layers: Vec<PathBuf>,
-    argv: &[String],
-    path_env: Option<&str>,
-    cwd: &str,
-    claimed_arch: Option<Arch>,
+    req: &Request,
     node: &Node,
     table: &Table,
 ) -> anyhow::Result<inspect::Inspection> {
-    if argv.is_empty() {
+    if req.argv.is_empty() {
         bail!("give the command after --, e.g. archwatch inspect --rootfs DIR -- /app --flag");
     }
     let root = Rootfs::new(layers)?;
-    let req = Request {
-        argv,
-        path_env,
-        cwd,
-        claimed_arch,
-    };
     Ok(inspect::inspect(
         &root,
-        &req,
+        req,
         inspect::Context {
             node,
             binfmt: table,
@@ -621,10 +645,15 @@ fn run_status(a: StatusArgs) -> anyhow::Result<u8> {
 
 fn run_verify(a: VerifyArgs) -> anyhow::Result<u8> {
     let path = std::path::Path::new(&a.target);
+    let opts = archwatch::verify::Options {
+        required: a.require_platforms.clone(),
+        compat32: compat32(&a.compat32)?,
+        census: !a.no_census,
+    };
     let report = if path.exists() {
-        archwatch::verify::verify(path, &a.require_platforms)?
+        archwatch::verify::verify_with(path, &opts)?
     } else if a.target.contains('/') && !a.target.starts_with('/') && !a.target.starts_with('.') {
-        archwatch::verify::verify_reference(&a.target, a.plain_http, &a.require_platforms)?
+        archwatch::verify::verify_reference_with(&a.target, a.plain_http, &opts)?
     } else {
         bail!(
             "{}: no such file or directory, and not a registry reference",

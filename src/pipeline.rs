@@ -56,6 +56,8 @@ pub struct Process {
     pub argv: Vec<String>,
     pub path_env: Option<String>,
     pub cwd: String,
+    /// The user it runs as (`process.user`); `None`: root.
+    pub user: Option<crate::rootfs::Creds>,
 }
 
 impl Process {
@@ -63,6 +65,7 @@ impl Process {
     /// answer. A hash: 32 bytes however long argv is.
     pub fn cache_key(&self, content: &str) -> CacheKey {
         CacheKey::new(content, &self.argv, self.path_env.as_deref(), &self.cwd)
+            .with_user(self.user.as_ref())
     }
 }
 
@@ -622,6 +625,7 @@ mod tests {
             chain: Vec::new(),
             findings: Vec::new(),
             bytes_read: 0,
+            suspects: Vec::new(),
         })
     }
 
@@ -912,6 +916,7 @@ mod tests {
             argv: vec!["/app".into(), "a".repeat(1 << 20)],
             path_env: Some("p".repeat(1 << 20)),
             cwd: "/".into(),
+            user: None,
         };
         let k = p.cache_key(&"sha256:".repeat(1000));
         assert_eq!(std::mem::size_of_val(&k), 32);

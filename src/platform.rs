@@ -333,10 +333,15 @@ pub enum Nativity {
 /// The node a verdict is for.
 ///
 /// 32-bit compat: a 386 binary on amd64 and an arm/v5–v8 binary on arm64 run through the
-/// 64-bit kernel's compat layer when the kernel has one (`ok` with a `compat_32bit` finding).
-/// On x86_64 the kernel's support is read from `/proc/sys/abi/vsyscall32`, present only with
-/// IA32 emulation. On aarch64 it is assumed: CPUs without AArch32 EL0 (Graviton 3, Apple M)
-/// are described with `--node-arch` and a `compat_32bit` finding warns on every such binary.
+/// 64-bit kernel's compat layer when the node has one (`ok` with a `compat_32bit` finding),
+/// and fail with `exec format error` when it has not. [`Node::detect`] asks the kernel:
+/// - x86_64: IA32 emulation is built in when `/proc/sys/abi/vsyscall32` exists, and is then
+///   on unless the kernel command line turns it off with `ia32_emulation=0` (Linux 6.7+,
+///   arch/x86/entry/common.c; the last occurrence wins, read as kstrtobool does);
+/// - aarch64: `personality(PER_LINUX32)` fails with EINVAL when no CPU can run AArch32 at EL0
+///   or the kernel has no COMPAT (arch/arm64/kernel/sys.c, arm64_personality(): Graviton 3
+///   and 4, AmpereOne, Apple M-series). The probe runs on a thread of its own and puts the
+///   personality back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Node {
     pub arch: Arch,
@@ -345,7 +350,7 @@ pub struct Node {
 }
 
 impl Node {
-    /// This machine: `uname -m`, compat from the kernel.
+    /// This machine: `uname -m`, compat from the kernel (see [`Node`]).
     pub fn detect() -> Node {
         let uts = rustix::system::uname();
         let machine = uts.machine().to_string_lossy().into_owned();
@@ -355,11 +360,22 @@ impl Node {
             endian: Endian::Little,
         });
         let compat32 = match arch {
-            Arch::Amd64 => std::path::Path::new("/proc/sys/abi/vsyscall32").exists(),
-            Arch::Arm64 => true,
+            Arch::Amd64 => ia32_emulation(std::path::Path::new("/proc")),
+            Arch::Arm64 => aarch32_el0(),
             _ => false,
         };
         Node { arch, compat32 }
+    }
+
+    /// This node with 32-bit compat as `choice` says: [`Compat32::Auto`] keeps what the
+    /// node was found (or assumed) to have.
+    pub fn with_compat32(mut self, choice: Compat32) -> Node {
+        match choice {
+            Compat32::Auto => {}
+            Compat32::Yes => self.compat32 = matches!(self.arch, Arch::Amd64 | Arch::Arm64),
+            Compat32::No => self.compat32 = false,
+        }
+        self
     }
 
     pub fn with_arch(arch: Arch) -> Node {
@@ -372,10 +388,10 @@ impl Node {
     pub fn nativity(&self, binary: Arch) -> Nativity {
         match (self.arch, binary) {
             (a, b) if a == b => Nativity::Native,
-            (Arch::Arm(node), Arch::Arm(bin)) => match (node, bin) {
-                (Some(n), Some(b)) if b > n => Nativity::Foreign,
-                _ => Nativity::Native,
-            },
+            // A 32-bit ARM kernel checks the machine, not the ISA level (arch/arm/kernel/
+            // elf.c, elf_check_arch()): a binary for a newer variant execs, and dies of
+            // SIGILL at the first instruction the CPU lacks (a finding, not a verdict).
+            (Arch::Arm(_), Arch::Arm(_)) => Nativity::Native,
             (Arch::Amd64, Arch::I386) | (Arch::Arm64, Arch::Arm(_)) if self.compat32 => {
                 Nativity::Compat32
             }
@@ -384,9 +400,136 @@ impl Node {
     }
 }
 
+/// `--compat32`: whether the node runs 32-bit binaries of its companion arch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compat32 {
+    /// Probed on this machine; assumed for a node named with `--node-arch`.
+    Auto,
+    Yes,
+    No,
+}
+
+impl std::str::FromStr for Compat32 {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Compat32, String> {
+        match s {
+            "auto" => Ok(Compat32::Auto),
+            "yes" => Ok(Compat32::Yes),
+            "no" => Ok(Compat32::No),
+            _ => Err(format!("{s:?}: want auto, yes or no")),
+        }
+    }
+}
+
+/// x86_64: whether 32-bit binaries run, from `proc` (`/proc`).
+pub fn ia32_emulation(proc: &std::path::Path) -> bool {
+    if !proc.join("sys/abi/vsyscall32").exists() {
+        return false;
+    }
+    let cmdline = std::fs::read_to_string(proc.join("cmdline")).unwrap_or_default();
+    ia32_emulation_param(&cmdline).unwrap_or(true)
+}
+
+/// The last valid `ia32_emulation=` of a kernel command line, read as kstrtobool() reads
+/// it (`1`/`y`/`on` true, `0`/`n`/`off` false); parameters after `--` go to init.
+pub fn ia32_emulation_param(cmdline: &str) -> Option<bool> {
+    let mut v = None;
+    for word in cmdline.split_whitespace() {
+        if word == "--" {
+            break;
+        }
+        let Some(val) = word.strip_prefix("ia32_emulation=") else {
+            continue;
+        };
+        let b = val.as_bytes();
+        let parsed = match (b.first(), b.get(1)) {
+            (Some(b'y' | b'Y' | b'1'), _) => Some(true),
+            (Some(b'n' | b'N' | b'0'), _) => Some(false),
+            (Some(b'o' | b'O'), Some(b'n' | b'N')) => Some(true),
+            (Some(b'o' | b'O'), Some(b'f' | b'F')) => Some(false),
+            _ => None,
+        };
+        if parsed.is_some() {
+            v = parsed;
+        }
+    }
+    v
+}
+
+/// aarch64: whether `personality(PER_LINUX32)` is accepted (a CPU with AArch32 EL0 and a
+/// kernel with COMPAT). Only asked on arm64: x86_64 accepts it whatever it can run.
+fn aarch32_el0() -> bool {
+    use nix::sys::personality::{self, Persona};
+    const PER_LINUX32: i32 = 0x0008;
+    // A thread of its own: the personality is the calling thread's, and is put back.
+    std::thread::spawn(
+        || match personality::set(Persona::from_bits_retain(PER_LINUX32)) {
+            Ok(previous) => {
+                let _ = personality::set(previous);
+                true
+            }
+            Err(_) => false,
+        },
+    )
+    .join()
+    .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ia32_emulation_follows_the_kernel_command_line() {
+        let cases = [
+            ("quiet ro", None),
+            ("ia32_emulation=0", Some(false)),
+            ("ia32_emulation=off quiet", Some(false)),
+            ("ia32_emulation=N", Some(false)),
+            ("ia32_emulation=1", Some(true)),
+            ("ia32_emulation=on", Some(true)),
+            ("ia32_emulation=y", Some(true)),
+            // The last valid one wins; an invalid value changes nothing.
+            ("ia32_emulation=0 ia32_emulation=1", Some(true)),
+            ("ia32_emulation=1 ia32_emulation=0", Some(false)),
+            ("ia32_emulation=0 ia32_emulation=maybe", Some(false)),
+            // After `--`: init's arguments.
+            ("quiet -- ia32_emulation=0", None),
+        ];
+        for (cmdline, want) in cases {
+            assert_eq!(ia32_emulation_param(cmdline), want, "{cmdline}");
+        }
+        let proc = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(proc.path().join("sys/abi")).unwrap();
+        std::fs::write(proc.path().join("cmdline"), "quiet ia32_emulation=0\n").unwrap();
+        // Without IA32 emulation built in, no command line turns it on.
+        assert!(!ia32_emulation(proc.path()));
+        std::fs::write(proc.path().join("sys/abi/vsyscall32"), "1\n").unwrap();
+        assert!(!ia32_emulation(proc.path()));
+        std::fs::write(proc.path().join("cmdline"), "quiet\n").unwrap();
+        assert!(ia32_emulation(proc.path()));
+        // This machine: the real /proc.
+        if Node::detect().arch == Arch::Amd64 {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap();
+            assert_eq!(
+                Node::detect().compat32,
+                std::path::Path::new("/proc/sys/abi/vsyscall32").exists()
+                    && ia32_emulation_param(&cmdline) != Some(false)
+            );
+        }
+    }
+
+    #[test]
+    fn compat32_choices() {
+        let amd = Node::with_arch(Arch::Amd64);
+        assert!(!amd.clone().with_compat32(Compat32::No).compat32);
+        assert!(amd.clone().with_compat32(Compat32::Yes).compat32);
+        assert!(amd.with_compat32(Compat32::Auto).compat32);
+        let s390 = Node::with_arch(Arch::S390x).with_compat32(Compat32::Yes);
+        assert!(!s390.compat32);
+        assert_eq!("auto".parse::<Compat32>(), Ok(Compat32::Auto));
+        assert!("maybe".parse::<Compat32>().is_err());
+    }
 
     #[test]
     fn elf_identities_map_to_oci_names() {
@@ -474,7 +617,7 @@ mod tests {
             (&arm64, Arch::Arm(Some(ArmVariant::V7)), Nativity::Compat32),
             (&arm64, Arch::Amd64, Nativity::Foreign),
             (&armv6, Arch::Arm(Some(ArmVariant::V5)), Nativity::Native),
-            (&armv6, Arch::Arm(Some(ArmVariant::V7)), Nativity::Foreign),
+            (&armv6, Arch::Arm(Some(ArmVariant::V7)), Nativity::Native),
             (&armv6, Arch::Arm(None), Nativity::Native),
             (&amd, Arch::S390x, Nativity::Foreign),
         ];

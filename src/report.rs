@@ -40,6 +40,7 @@ pub fn inspection(i: &Inspection, node: &Node) -> String {
             Role::EnvTarget => "env runs",
             Role::Loader => "loader",
             Role::Emulator => "emulator",
+            Role::Exec => "exec",
         };
         let mut line = format!("  {role:<9}{}", step.requested);
         for h in &step.hops {

@@ -253,6 +253,7 @@ pub(super) async fn identify_job(
         argv: spec.args,
         path_env: spec.path_env,
         cwd: spec.cwd,
+        user: Some(spec.user),
     };
     // Same image content + same layers + same process = same verdict. The layers matter: the
     // containers of one multi-platform image may run different variants of it (a forced
@@ -318,6 +319,7 @@ impl ImageJob {
                 chain: Vec::new(),
                 findings: vec![Finding { code: "index_lacks_node_platform", detail: e.to_string() }],
                 bytes_read: 0,
+                suspects: Vec::new(),
             };
                 crate::fix::settle(&mut inspection);
                 let digest = client
@@ -368,6 +370,7 @@ impl ImageJob {
             argv: target.config.argv(),
             path_env: target.config.path_env(),
             cwd: target.config.cwd(),
+            user: None,
         };
         let mut findings = Vec::new();
         let config_arch = target.config.arch();
@@ -515,15 +518,24 @@ pub(super) async fn inspect_off_runtime(
             path_env: process.path_env.as_deref(),
             cwd: &process.cwd,
             claimed_arch: claimed,
+            user: process.user.as_ref(),
         };
-        inspect::inspect(
+        let mut i = inspect::inspect(
             &root,
             &req,
             inspect::Context {
                 node: &node,
                 binfmt: &table,
             },
-        )
+        )?;
+        // Every executable of the image too, headers only (at pull, and for a container:
+        // its exit may come from one of them). A census the budget or the files cut short
+        // leaves the verdict as it is.
+        let named: Vec<String> = i.chain.iter().filter_map(|s| s.resolved.clone()).collect();
+        if let Ok(c) = inspect::census::census(&root, req.path_env, &named, &node) {
+            i.add_census(&c);
+        }
+        Ok(i)
     });
     let r = tokio::time::timeout(timeout + Duration::from_millis(500), job).await;
     m.inspection_duration

@@ -587,27 +587,95 @@ pub struct SpecProcess {
     pub args: Vec<String>,
     pub path_env: Option<String>,
     pub cwd: String,
+    /// `process.user` with the capabilities that decide file permissions.
+    pub user: crate::rootfs::Creds,
 }
 
-/// Reads `process.args`, PATH and cwd from the container's runtime spec (JSON in an Any).
+/// The few fields of an OCI runtime spec the agent reads. Only these are parsed: a field the
+/// agent does not need (a seccomp action or architecture newer than any crate knows, a
+/// runtime's own extension) never makes a container unjudgeable.
+#[derive(serde::Deserialize)]
+struct SpecDoc {
+    process: Option<ProcessDoc>,
+}
+
+#[derive(serde::Deserialize)]
+struct ProcessDoc {
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    cwd: String,
+    #[serde(default)]
+    user: UserDoc,
+    #[serde(default)]
+    capabilities: Option<CapsDoc>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct UserDoc {
+    #[serde(default)]
+    uid: u32,
+    #[serde(default)]
+    gid: u32,
+    #[serde(default, rename = "additionalGids")]
+    additional_gids: Vec<u32>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct CapsDoc {
+    #[serde(default)]
+    effective: Vec<String>,
+    #[serde(default)]
+    bounding: Vec<String>,
+    #[serde(default)]
+    ambient: Vec<String>,
+}
+
+/// Reads `process.args`, PATH (the last `PATH=` of `process.env`, which is the one the
+/// process sees), cwd, user and capabilities from the container's runtime spec (JSON in an
+/// Any).
 pub fn spec_process(c: &Container) -> Result<SpecProcess, ContainerdError> {
     let any = c
         .spec
         .as_ref()
         .ok_or(ContainerdError::Missing("container spec"))?;
-    let spec: oci_spec::runtime::Spec =
-        serde_json::from_slice(&any.value).map_err(|e| ContainerdError::Spec(e.to_string()))?;
+    parse_spec_process(&any.value)
+}
+
+/// [`spec_process`] over the spec's JSON.
+pub fn parse_spec_process(json: &[u8]) -> Result<SpecProcess, ContainerdError> {
+    let spec: SpecDoc =
+        serde_json::from_slice(json).map_err(|e| ContainerdError::Spec(e.to_string()))?;
     let p = spec
-        .process()
-        .as_ref()
+        .process
         .ok_or(ContainerdError::Spec("no process".into()))?;
-    let env = p.env().clone().unwrap_or_default();
+    let caps = p.capabilities.unwrap_or_default();
+    let names = |v: &[String]| crate::rootfs::Caps::from_names(v.iter().map(String::as_str));
+    let effective = names(&caps.effective);
+    // After the container's first exec: uid 0 keeps its bounding set, any other uid only its
+    // ambient set (capabilities(7)).
+    let after_exec = if p.user.uid == 0 {
+        names(&caps.bounding)
+    } else {
+        names(&caps.ambient)
+    };
     Ok(SpecProcess {
-        args: p.args().clone().unwrap_or_default(),
-        path_env: env
+        args: p.args,
+        path_env: p
+            .env
             .iter()
+            .rev()
             .find_map(|e| e.strip_prefix("PATH=").map(str::to_string)),
-        cwd: p.cwd().display().to_string(),
+        cwd: if p.cwd.is_empty() { "/".into() } else { p.cwd },
+        user: crate::rootfs::Creds {
+            uid: p.user.uid,
+            gid: p.user.gid,
+            groups: p.user.additional_gids,
+            caps: effective,
+            caps_after_exec: after_exec,
+        },
     })
 }
 
@@ -620,4 +688,59 @@ pub fn is_sandbox(c: &Container) -> bool {
 /// else its snapshot's.
 pub fn mounts_layers(m: &[Mount]) -> Result<Vec<PathBuf>, ContainerdError> {
     Ok(mounts::layers(m)?)
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_fields_the_agent_needs_are_read() {
+        // A spec from a newer runtime: a seccomp action and architecture no crate knows, a
+        // field from the future. The process is still read.
+        let spec = br#"{
+            "ociVersion": "1.2.1",
+            "process": {
+                "user": {"uid": 1000, "gid": 3000, "additionalGids": [2000, 4000], "umask": 18},
+                "args": ["/docker-entrypoint.sh", "app"],
+                "env": ["PATH=/first", "HOME=/", "PATH=/usr/local/bin:/usr/bin"],
+                "cwd": "/srv",
+                "capabilities": {
+                    "bounding": ["CAP_CHOWN", "CAP_DAC_OVERRIDE"],
+                    "effective": ["CAP_DAC_OVERRIDE"],
+                    "ambient": []
+                },
+                "ioPriority": {"class": "IOPRIO_CLASS_FUTURE", "priority": 4}
+            },
+            "linux": {
+                "seccomp": {
+                    "defaultAction": "SCMP_ACT_KILL_THREAD_SOMEDAY",
+                    "architectures": ["SCMP_ARCH_RISCV128"],
+                    "syscalls": [{"names": ["personality"], "action": "SCMP_ACT_NOTIFY_LATER"}]
+                },
+                "netDevices": {"eth9": {}}
+            }
+        }"#;
+        let p = parse_spec_process(spec).expect("judgeable");
+        assert_eq!(p.args, vec!["/docker-entrypoint.sh", "app"]);
+        // runc (and every libc) give the process the last PATH=.
+        assert_eq!(p.path_env.as_deref(), Some("/usr/local/bin:/usr/bin"));
+        assert_eq!(p.cwd, "/srv");
+        assert_eq!((p.user.uid, p.user.gid), (1000, 3000));
+        assert_eq!(p.user.groups, vec![2000, 4000]);
+        assert!(p.user.caps.dac_override);
+        // A non-root uid keeps only its ambient set across an exec.
+        assert!(!p.user.caps_after_exec.dac_override);
+        // The crate's full parse refuses this spec: the reason to read only what is needed.
+        assert!(serde_json::from_slice::<oci_spec::runtime::Spec>(spec).is_err());
+
+        let root = parse_spec_process(
+            br#"{"process": {"args": ["/app"], "cwd": "/",
+            "capabilities": {"bounding": ["CAP_DAC_OVERRIDE"], "effective": []}}}"#,
+        )
+        .expect("root");
+        assert_eq!(root.user.uid, 0);
+        assert!(root.user.caps_after_exec.dac_override);
+        assert!(parse_spec_process(br#"{"ociVersion": "1.0.0"}"#).is_err());
+    }
 }

@@ -24,6 +24,8 @@ const MAX_SHDR_BYTES: usize = 64 * 1024;
 /// `.ARM.attributes` is tiny; read at most this much of it.
 const MAX_ATTR_BYTES: usize = 4096;
 const SHT_ARM_ATTRIBUTES: u32 = 0x7000_0003;
+/// The ARM EABI version in e_flags (0: the old ABI).
+pub const EF_ARM_EABIMASK: u32 = 0xff00_0000;
 const EM_ARM: u16 = 40;
 
 /// Which C library a dynamic binary expects, told by its loader's name.

@@ -38,9 +38,11 @@ pub fn parse(head: &[u8]) -> Option<Shebang> {
     let n = head.len().min(BINPRM_BUF_SIZE);
     buf[..n].copy_from_slice(&head[..n]);
     let buf_end = BINPRM_BUF_SIZE - 1;
-    let next_non_spacetab = |from: usize, to: usize| (from..to).find(|&i| !spacetab(buf[i]));
+    // The kernel's helpers scan `first..=last`: the buffer's last byte is looked at (a blank
+    // or NUL there ends an interpreter path), though it never belongs to a string.
+    let next_non_spacetab = |from: usize, to: usize| (from..=to).find(|&i| !spacetab(buf[i]));
     let next_terminator =
-        |from: usize, to: usize| (from..to).find(|&i| spacetab(buf[i]) || buf[i] == 0);
+        |from: usize, to: usize| (from..=to).find(|&i| spacetab(buf[i]) || buf[i] == 0);
 
     let mut i_end = match buf.iter().position(|&b| b == b'\n') {
         Some(nl) => nl,
@@ -63,25 +65,35 @@ pub fn parse(head: &[u8]) -> Option<Shebang> {
     while i_end > 2 && spacetab(buf[i_end - 1]) {
         i_end -= 1;
     }
-    let Some(i_name) = next_non_spacetab(2, i_end) else {
-        return Some(Shebang::Rejected {
-            reason: "no interpreter after #!".into(),
-        });
+    let i_name = match next_non_spacetab(2, i_end) {
+        Some(i) if i != i_end => i,
+        _ => {
+            return Some(Shebang::Rejected {
+                reason: "no interpreter after #!".into(),
+            })
+        }
     };
-    // The string ends at i_end or at an earlier NUL.
-    let i_end = (i_name..i_end).find(|&i| buf[i] == 0).unwrap_or(i_end);
-    if i_name == i_end {
-        return Some(Shebang::Rejected {
-            reason: "no interpreter after #!".into(),
-        });
-    }
+    // The strings are C strings in the buffer: each ends at the first NUL, and `*i_end`
+    // becomes one.
+    let cstr = |from: usize, to: usize| {
+        let end = (from..to).find(|&i| buf[i] == 0).unwrap_or(to);
+        String::from_utf8_lossy(&buf[from..end]).into_owned()
+    };
     let i_sep = next_terminator(i_name, i_end);
-    let name_end = i_sep.unwrap_or(i_end);
-    let arg = i_sep
-        .and_then(|sep| next_non_spacetab(sep, i_end))
-        .map(|a| String::from_utf8_lossy(&buf[a..i_end]).into_owned());
+    // An argument only after a blank (a NUL ends the line for the kernel); it may be
+    // empty: "#!/bin/sh \0" passes "" before the script's path.
+    let arg = match i_sep {
+        Some(sep) if buf[sep] != 0 && sep < i_end => {
+            next_non_spacetab(sep, i_end).map(|a| cstr(a.min(i_end), i_end))
+        }
+        _ => None,
+    };
+    let name_end = match (i_sep, &arg) {
+        (Some(sep), Some(_)) => sep,
+        _ => i_end,
+    };
     Some(Shebang::Interpreter {
-        interpreter: String::from_utf8_lossy(&buf[i_name..name_end]).into_owned(),
+        interpreter: cstr(i_name, name_end),
         arg,
     })
 }
@@ -153,6 +165,13 @@ mod tests {
                 }),
             ),
             (b"echo hi\n", None),
+            // Only "#!": the interpreter is "" (the kernel then opens the working directory
+            // and fails with EACCES).
+            (b"#!", interp("", None)),
+            // A blank then a NUL: an empty argument.
+            (b"#!/bin/sh \0\n", interp("/bin/sh", Some(""))),
+            (b"#!/bin/sh\0 -x\n", interp("/bin/sh", None)),
+            (b"#!/bin/sh -x\0y\n", interp("/bin/sh", Some("-x"))),
             (b"\xef\xbb\xbf#!/bin/sh\n", None),
         ];
         for (input, want) in cases {
@@ -166,6 +185,21 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A path that ends at the buffer's last byte, a blank: accepted (ENOENT when absent).
+        let mut last_byte = b"#!/".to_vec();
+        last_byte.extend(std::iter::repeat_n(b'a', 252));
+        last_byte.push(b' ');
+        match parse(&last_byte) {
+            Some(Shebang::Interpreter { interpreter, arg }) => {
+                assert_eq!(interpreter.len(), 253);
+                assert_eq!(arg, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same path running into the last byte: ENOEXEC.
+        last_byte.pop();
+        last_byte.push(b'a');
+        assert!(matches!(parse(&last_byte), Some(Shebang::Rejected { .. })));
         // A 300-byte interpreter path never ends inside the buffer: ENOEXEC.
         assert!(matches!(
             parse(long_name.as_bytes()),
@@ -190,7 +224,6 @@ mod tests {
             b.extend_from_slice(&bytes);
             match parse(&b) {
                 Some(Shebang::Interpreter { interpreter, arg }) => {
-                    prop_assert!(!interpreter.is_empty());
                     prop_assert!(!interpreter.contains([' ', '\t', '\0', '\n']));
                     let total = interpreter.len() + arg.map_or(0, |a| a.len());
                     // Lossy UTF-8 can grow bytes up to 3x; the raw span is < 256.

@@ -108,6 +108,7 @@ fn run(c: &Case, res: Resolver) -> Inspection {
         path_env: c.path_env,
         cwd: "/",
         claimed_arch: None,
+        user: None,
     };
     inspect(
         &root,
@@ -132,6 +133,7 @@ fn inspect_argv0(root: &Rootfs, argv0: &str) -> Result<Inspection, InspectError>
         path_env: None,
         cwd: "/",
         claimed_arch: None,
+        user: None,
     };
     inspect(
         root,
@@ -680,6 +682,7 @@ fn config_that_lies_is_a_finding_beside_the_verdict(res: Resolver) {
         path_env: None,
         cwd: "/",
         claimed_arch: Some(Arch::Amd64),
+        user: None,
     };
     let n = node();
     let t = Table::empty();
@@ -759,6 +762,7 @@ fn empty_argv_is_an_error_not_a_verdict(res: Resolver) {
         path_env: None,
         cwd: "/",
         claimed_arch: None,
+        user: None,
     };
     let n = node();
     let t = Table::empty();
@@ -838,3 +842,393 @@ under_both_resolvers!(
     empty_argv_is_an_error_not_a_verdict,
     a_verdict_through_an_opaque_dir_that_cannot_be_read_carries_a_finding,
 );
+
+/// A crafted 32-bit ARM header with `e_flags` (EABI version in the top byte).
+fn arm32(e_flags: u32) -> Vec<u8> {
+    let mut b = craft(40, false, true, None);
+    // e_flags sits at offset 36 of an ELF32 header.
+    b[36..40].copy_from_slice(&e_flags.to_le_bytes());
+    b
+}
+
+/// What wrappers and entrypoint scripts exec, as which user: each case's expectation is
+/// the kernel's (the integration suite runs the busybox ones for real; gosu, tini and the
+/// others follow the same lookups and user switches).
+#[test]
+fn wrappers_scripts_and_users_are_followed_to_what_runs() {
+    use std::os::unix::fs::chown;
+    let sh = || F::File("/bin/sh", amd64(None), 0o755);
+    let bin = |p: &'static str| F::File(p, amd64(None), 0o755);
+    let passwd = || {
+        F::File(
+            "/etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nredis:x:999:999::/data:/bin/sh\napp:x:1000:1000::/app:/bin/sh\n".to_vec(),
+            0o644,
+        )
+    };
+    let group = || {
+        F::File(
+            "/etc/group",
+            b"root:x:0:\nredis:x:999:\napp:x:1000:\nshared:x:2000:app\n".to_vec(),
+            0o644,
+        )
+    };
+    let redis_entry = b"#!/bin/sh\nset -e\nif [ \"${1#-}\" != \"$1\" ] || [ \"${1%.conf}\" != \"$1\" ]; then\n\tset -- redis-server \"$@\"\nfi\nif [ \"$1\" = 'redis-server' -a \"$(id -u)\" = '0' ]; then\n\tfind . \\! -user redis -exec chown redis '{}' +\n\texec gosu redis \"$0\" \"$@\"\nfi\nexec \"$@\"\n".to_vec();
+    struct C<'a> {
+        name: &'a str,
+        files: Vec<F<'a>>,
+        /// (path, uid, gid) to chown after building.
+        owners: Vec<(&'a str, u32, u32)>,
+        argv: &'a [&'a str],
+        user: Option<Creds>,
+        node: Node,
+        want: Verdict,
+        finding: Option<&'a str>,
+        exec_step: bool,
+    }
+    let amd = node();
+    let cri_user = Creds {
+        caps: crate::rootfs::Caps::from_names(["CAP_DAC_OVERRIDE"]),
+        caps_after_exec: crate::rootfs::Caps::NONE,
+        ..Creds::with_ids(1000, 1000, Vec::new())
+    };
+    let cases = vec![
+        C {
+            name: "tini runs an arm64 program",
+            files: vec![bin("/sbin/tini"), F::File("/app", arm64(None), 0o755)],
+            owners: vec![],
+            argv: &["/sbin/tini", "-s", "-e", "143", "--", "/app", "serve"],
+            user: None,
+            node: amd.clone(),
+            want: Verdict::ArchMismatch,
+            finding: None,
+            exec_step: true,
+        },
+        C {
+            name: "docker-init (tini) runs a native program",
+            files: vec![bin("/sbin/docker-init"), bin("/app")],
+            owners: vec![],
+            argv: &["/sbin/docker-init", "--", "/app"],
+            user: None,
+            node: amd.clone(),
+            want: Verdict::Ok,
+            finding: None,
+            exec_step: true,
+        },
+        C {
+            name: "dumb-init with a rewrite option",
+            files: vec![
+                bin("/usr/bin/dumb-init"),
+                F::File("/usr/local/bin/app", arm64(None), 0o755),
+            ],
+            owners: vec![],
+            argv: &["/usr/bin/dumb-init", "--rewrite", "15:2", "app"],
+            user: None,
+            node: amd.clone(),
+            want: Verdict::ArchMismatch,
+            finding: None,
+            exec_step: true,
+        },
+        C {
+            name: "gosu switches to a user that may not exec",
+            files: vec![bin("/usr/local/bin/gosu"), passwd(), group(), bin("/app")],
+            owners: vec![],
+            argv: &["/usr/local/bin/gosu", "app", "/app"],
+            user: None,
+            node: amd.clone(),
+            want: Verdict::Ok,
+            finding: None,
+            exec_step: true,
+        },
+        C {
+            name: "gosu to app, whose program is root's 0700",
+            files: vec![
+                bin("/usr/local/bin/gosu"),
+                passwd(),
+                group(),
+                F::File("/app", amd64(None), 0o700),
+            ],
+            owners: vec![],
+            argv: &["/usr/local/bin/gosu", "app", "/app"],
+            user: None,
+            node: amd.clone(),
+            want: Verdict::NotExecutable,
+            finding: None,
+            exec_step: true,
+        },
+        C {
+            name: "su-exec to a group member",
+            files: vec![
+                bin("/sbin/su-exec"),
+                passwd(),
+                group(),
+                F::File("/app", amd64(None), 0o750),
+            ],
+            owners: vec![("/app", 0, 2000)],
+            argv: &["/sbin/su-exec", "app", "/app"],
+            user: None,
+            node: amd.clone(),
+            want: Verdict::Ok,
+            finding: None,
+            exec_step: true,
+        },
+        C {
+            name: "su-exec to a numeric user",
+            files: vec![bin("/sbin/su-exec"), F::File("/app", amd64(None), 0o700)],
+            owners: vec![],
+            argv: &["/sbin/su-exec", "1000:1000", "/app"],
+            user: None,
+            node: amd.clone(),
+            want: Verdict::NotExecutable,
+            finding: None,
+            exec_step: true,
+        },
+        C {
+            name: "gosu to a user the image does not name",
+            files: vec![bin("/usr/local/bin/gosu"), passwd(), bin("/app")],
+            owners: vec![],
+            argv: &["/usr/local/bin/gosu", "nobody-here", "/app"],
+            user: None,
+            node: amd.clone(),
+            want: Verdict::Ok,
+            finding: Some("exec_uncertain"),
+            exec_step: true,
+        },
+        C {
+            name: "env with its own PATH",
+            files: vec![
+                bin("/usr/bin/env"),
+                F::File("/opt/bin/app", arm64(None), 0o755),
+            ],
+            owners: vec![],
+            argv: &["/usr/bin/env", "PATH=/opt/bin", "app"],
+            user: None,
+            node: amd.clone(),
+            want: Verdict::ArchMismatch,
+            finding: None,
+            exec_step: true,
+        },
+        C {
+            name: "s6-overlay's /init runs the command",
+            files: vec![
+                bin("/init"),
+                F::Dir("/package/admin/s6-overlay"),
+                F::File("/app", arm64(None), 0o755),
+            ],
+            owners: vec![],
+            argv: &["/init", "/app"],
+            user: None,
+            node: amd.clone(),
+            want: Verdict::ArchMismatch,
+            finding: None,
+            exec_step: true,
+        },
+        C {
+            name: "an /init that is not s6-overlay's",
+            files: vec![bin("/init"), F::File("/app", arm64(None), 0o755)],
+            owners: vec![],
+            argv: &["/init", "/app"],
+            user: None,
+            node: amd.clone(),
+            want: Verdict::Ok,
+            finding: None,
+            exec_step: false,
+        },
+        C {
+            name: "script execs tini which runs an arm64 program",
+            files: vec![
+                sh(),
+                bin("/sbin/tini"),
+                F::File(
+                    "/ep.sh",
+                    b"#!/bin/sh\nexec tini -- \"$@\"\n".to_vec(),
+                    0o755,
+                ),
+                F::File("/app", arm64(None), 0o755),
+            ],
+            owners: vec![],
+            argv: &["/ep.sh", "/app"],
+            user: None,
+            node: amd.clone(),
+            want: Verdict::ArchMismatch,
+            finding: None,
+            exec_step: true,
+        },
+        C {
+            name: "redis-style re-exec through gosu, then an arm64 server",
+            files: vec![
+                sh(),
+                bin("/usr/local/bin/gosu"),
+                passwd(),
+                group(),
+                F::File(
+                    "/usr/local/bin/docker-entrypoint.sh",
+                    redis_entry.clone(),
+                    0o755,
+                ),
+                F::File("/usr/local/bin/redis-server", arm64(None), 0o755),
+            ],
+            owners: vec![],
+            argv: &["docker-entrypoint.sh", "redis-server"],
+            user: None,
+            node: amd.clone(),
+            want: Verdict::ArchMismatch,
+            finding: None,
+            exec_step: true,
+        },
+        C {
+            name: "capabilities are lost at the exec a script makes",
+            files: vec![
+                sh(),
+                F::File("/ep.sh", b"#!/bin/sh\nexec /app\n".to_vec(), 0o700),
+                F::File("/app", amd64(None), 0o700),
+            ],
+            owners: vec![],
+            argv: &["/ep.sh"],
+            user: Some(cri_user.clone()),
+            node: amd.clone(),
+            want: Verdict::NotExecutable,
+            finding: None,
+            exec_step: true,
+        },
+        C {
+            name: "a script its user may exec but not read",
+            files: vec![
+                sh(),
+                F::File("/ep.sh", b"#!/bin/sh\nexec /app\n".to_vec(), 0o711),
+            ],
+            owners: vec![],
+            argv: &["/ep.sh"],
+            user: Some(Creds::with_ids(1000, 1000, Vec::new())),
+            node: amd.clone(),
+            want: Verdict::Ok,
+            finding: Some("script_unreadable"),
+            exec_step: false,
+        },
+        C {
+            name: "arm/v7 on an arm/v6 CPU execs, then SIGILL",
+            files: vec![F::File("/app", arm32_cpu(0x0500_0000, 10), 0o755)],
+            owners: vec![],
+            argv: &["/app"],
+            user: None,
+            node: Node::with_arch(Arch::Arm(Some(crate::platform::ArmVariant::V6))),
+            want: Verdict::Ok,
+            finding: Some("cpu_variant_too_old"),
+            exec_step: false,
+        },
+        C {
+            // arch/arm64/include/asm/elf.h: compat_elf_check_arch() wants a non-zero EABI
+            // version in e_flags.
+            name: "old-ABI ARM binary on arm64",
+            files: vec![F::File("/app", arm32(0), 0o755)],
+            owners: vec![],
+            argv: &["/app"],
+            user: None,
+            node: Node::with_arch(Arch::Arm64),
+            want: Verdict::ArchMismatch,
+            finding: None,
+            exec_step: false,
+        },
+        C {
+            name: "EABI5 ARM binary on arm64",
+            files: vec![F::File("/app", arm32(0x0500_0400), 0o755)],
+            owners: vec![],
+            argv: &["/app"],
+            user: None,
+            node: Node::with_arch(Arch::Arm64),
+            want: Verdict::Ok,
+            finding: Some("compat_32bit"),
+            exec_step: false,
+        },
+    ];
+    for c in cases {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path(), &c.files);
+        for (p, u, g) in &c.owners {
+            chown(
+                dir.path().join(p.trim_start_matches('/')),
+                Some(*u),
+                Some(*g),
+            )
+            .unwrap();
+        }
+        let root = rootfs(Resolver::Openat2, vec![dir.path().to_path_buf()]);
+        let argv: Vec<String> = c.argv.iter().map(|s| s.to_string()).collect();
+        let req = Request {
+            argv: &argv,
+            path_env: Some("/usr/local/bin:/usr/bin:/bin:/sbin"),
+            cwd: "/",
+            claimed_arch: None,
+            user: c.user.as_ref(),
+        };
+        let i = inspect(
+            &root,
+            &req,
+            Context {
+                node: &c.node,
+                binfmt: &Table::empty(),
+            },
+        )
+        .unwrap();
+        assert_eq!(i.verdict, c.want, "{}: {}", c.name, i.cause);
+        if let Some(f) = c.finding {
+            assert!(
+                i.findings.iter().any(|x| x.code == f),
+                "{}: {f} not in {:?}",
+                c.name,
+                i.findings
+            );
+        }
+        assert_eq!(
+            i.chain.iter().any(|s| s.role == Role::Exec),
+            c.exec_step,
+            "{}: {:?}",
+            c.name,
+            i.chain
+        );
+    }
+}
+
+/// A 32-bit ARM binary whose `.ARM.attributes` section names Tag_CPU_arch `tag` (10 is
+/// ARMv7): the header, its program header, the attributes, then a section header table
+/// (a null entry and the attributes' entry).
+fn arm32_cpu(e_flags: u32, tag: u8) -> Vec<u8> {
+    let mut b = arm32(e_flags);
+    // 'A', length, "aeabi\0", Tag_File (1), its size, Tag_CPU_arch (6) = tag.
+    let attrs_body = [6u8, tag];
+    let mut sub = b"aeabi\0".to_vec();
+    sub.push(1);
+    sub.extend_from_slice(&((attrs_body.len() + 5) as u32).to_le_bytes());
+    sub.extend_from_slice(&attrs_body);
+    let mut attrs = vec![b'A'];
+    attrs.extend_from_slice(&((sub.len() + 4) as u32).to_le_bytes());
+    attrs.extend_from_slice(&sub);
+    let attrs_off = b.len() as u32;
+    b.extend_from_slice(&attrs);
+    while b.len() % 4 != 0 {
+        b.push(0);
+    }
+    let shoff = b.len() as u32;
+    b.extend_from_slice(&[0u8; 40]);
+    let mut sh = Vec::new();
+    for v in [
+        0u32,
+        0x7000_0003,
+        0,
+        0,
+        attrs_off,
+        attrs.len() as u32,
+        0,
+        0,
+        1,
+        0,
+    ] {
+        sh.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&sh);
+    // e_shoff (32), e_shentsize (46), e_shnum (48).
+    b[32..36].copy_from_slice(&shoff.to_le_bytes());
+    b[46..48].copy_from_slice(&40u16.to_le_bytes());
+    b[48..50].copy_from_slice(&2u16.to_le_bytes());
+    b
+}

@@ -27,6 +27,8 @@ const STEPS_MAX: usize = 8;
 const HOPS_MAX: usize = 4;
 /// Findings kept.
 const FINDINGS_MAX: usize = 8;
+/// Suspects (programs that may explain an exit) kept.
+const SUSPECTS_MAX: usize = 4;
 
 /// The most a [`capped`] inspection weighs by [`weight`].
 pub const ENTRY_MAX_BYTES: u64 = 64 * 1024;
@@ -59,6 +61,27 @@ impl CacheKey {
             None => field(b"\x00"),
         }
         field(cwd.as_bytes());
+        CacheKey(h.finalize().into())
+    }
+}
+
+impl CacheKey {
+    /// The same key for a process run as `user` (its ids and the capabilities that decide
+    /// permissions): another user may get another verdict.
+    pub fn with_user(self, user: Option<&crate::rootfs::Creds>) -> CacheKey {
+        let Some(u) = user else { return self };
+        let mut h = Sha256::new();
+        h.update(self.0);
+        h.update(b"user");
+        h.update(u.uid.to_le_bytes());
+        h.update(u.gid.to_le_bytes());
+        h.update((u.groups.len() as u64).to_le_bytes());
+        for g in &u.groups {
+            h.update(g.to_le_bytes());
+        }
+        for c in [u.caps, u.caps_after_exec] {
+            h.update([u8::from(c.dac_override), u8::from(c.dac_read_search)]);
+        }
         CacheKey(h.finalize().into())
     }
 }
@@ -109,6 +132,10 @@ fn within_caps(i: &Inspection) -> bool {
         })
         && i.findings.len() <= FINDINGS_MAX
         && i.findings.iter().all(|f| fits(&f.detail, TEXT_MAX))
+        && i.suspects.len() <= SUSPECTS_MAX
+        && i.suspects.iter().all(|s| {
+            fits(&s.program, STR_MAX) && fits(&s.cause, TEXT_MAX) && fits(&s.fix, TEXT_MAX)
+        })
 }
 
 fn cap_step(s: &mut Step) {
@@ -151,6 +178,12 @@ pub fn capped(i: Arc<Inspection>) -> Arc<Inspection> {
     for Finding { detail, .. } in &mut c.findings {
         cut(detail, TEXT_MAX);
     }
+    c.suspects.truncate(SUSPECTS_MAX);
+    for s in &mut c.suspects {
+        cut(&mut s.program, STR_MAX);
+        cut(&mut s.cause, TEXT_MAX);
+        cut(&mut s.fix, TEXT_MAX);
+    }
     Arc::new(c)
 }
 
@@ -187,6 +220,12 @@ pub fn weight(i: &Inspection) -> u64 {
         + i.findings
             .iter()
             .map(|f| size_of::<Finding>() + f.detail.len())
+            .sum::<usize>()
+        + i.suspects
+            .iter()
+            .map(|s| {
+                size_of::<crate::inspect::Suspect>() + s.program.len() + s.cause.len() + s.fix.len()
+            })
             .sum::<usize>();
     bytes as u64
 }
@@ -287,6 +326,7 @@ mod tests {
             chain: Vec::new(),
             findings: Vec::new(),
             bytes_read: 0,
+            suspects: Vec::new(),
         }
     }
 
@@ -347,6 +387,13 @@ mod tests {
             CacheKey::new("sha256:a", &argv(&["/app", "x"]), None, "/tmp"),
             CacheKey::new("sha256:b", &argv(&["/app", "x"]), None, "/"),
             CacheKey::new("sha256:a/app", &argv(&["x"]), None, "/"),
+            k.with_user(Some(&crate::rootfs::Creds::with_ids(
+                1000,
+                1000,
+                Vec::new(),
+            ))),
+            k.with_user(Some(&crate::rootfs::Creds::with_ids(1000, 1000, vec![5]))),
+            k.with_user(Some(&crate::rootfs::Creds::root())),
         ];
         for o in others {
             assert_ne!(k, o);

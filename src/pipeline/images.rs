@@ -254,6 +254,7 @@ mod tests {
             chain: Vec::new(),
             findings: Vec::new(),
             bytes_read: 0,
+            suspects: Vec::new(),
         })
     }
 

@@ -20,6 +20,7 @@
 //! from a layer below such a directory is kept, and noted as [`Unsure`].
 
 pub mod beneath;
+pub mod creds;
 pub mod xattrs;
 
 use std::fs::File;
@@ -34,6 +35,7 @@ use serde::Serialize;
 
 use crate::source::{FileSource, Source};
 pub use beneath::Resolver;
+pub use creds::{Caps, Creds, Want};
 
 /// Linux MAXSYMLINKS.
 pub const MAX_SYMLINK_HOPS: usize = 40;
@@ -49,6 +51,8 @@ pub struct Stat {
     pub size: u64,
     /// A character device 0/0: an overlay whiteout.
     pub whiteout: bool,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// Where the layers' entries come from: directories on disk ([`Dirs`]) or image layer
@@ -78,9 +82,37 @@ pub trait Layers {
     }
     /// Opens a regular file found by resolution.
     fn open(&self, entry: &Entry) -> Result<Self::File, RootfsError>;
+    /// Whether a merged directory's lower layers are looked at only when a lookup in the
+    /// layers above does not decide: for sources where a layer costs a read of its whole
+    /// blob (image archives), so a lower layer is never read for paths the upper ones hold.
+    fn lazy_merge(&self) -> bool {
+        false
+    }
+    /// The names in the directory at `rel` of `layer` (whiteout markers included), at most
+    /// `max`.
+    fn list(&self, layer: usize, rel: &str, max: usize) -> Result<Vec<String>, RootfsError>;
+    /// The first `len` bytes of each of `entries` (regular files found by resolution).
+    fn heads(&self, entries: &[Entry], len: usize) -> Result<Vec<Vec<u8>>, RootfsError> {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let f = self.open(e)?;
+            out.push(
+                crate::source::read_vec(&f, 0, len).map_err(|source| RootfsError::Io {
+                    path: e.path.clone(),
+                    layer: e.layer,
+                    source,
+                })?,
+            );
+        }
+        Ok(out)
+    }
     /// Mode of the root directory.
     fn root_mode(&self) -> u32 {
         0o755
+    }
+    /// Owner (uid, gid) of the root directory.
+    fn root_owner(&self) -> (u32, u32) {
+        (0, 0)
     }
     /// A layer removed since the stack was opened (a snapshot deleted mid-inspection): what
     /// was read from it may be absence that is not the image's.
@@ -193,6 +225,8 @@ pub struct Entry {
     /// Permission bits (`st_mode & 0o7777`).
     pub mode: u32,
     pub size: u64,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// One symlink followed during resolution.
@@ -225,6 +259,28 @@ pub enum Resolved {
     Loop {
         hops: Vec<Hop>,
     },
+    /// EACCES: the directory `at` (its mode and owner given) may not be searched by the
+    /// user the lookup was made for.
+    Denied {
+        at: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        hops: Vec<Hop>,
+    },
+}
+
+impl Resolved {
+    /// The symlinks followed, whatever the outcome.
+    pub fn into_hops(self) -> Vec<Hop> {
+        match self {
+            Resolved::Found { hops, .. }
+            | Resolved::NotFound { hops, .. }
+            | Resolved::NotADirectory { hops, .. }
+            | Resolved::Loop { hops }
+            | Resolved::Denied { hops, .. } => hops,
+        }
+    }
 }
 
 /// Result of looking up argv[0] the way runc does.
@@ -237,6 +293,21 @@ pub struct ExecLookup {
     pub searched: Vec<String>,
     /// True when argv[0] was a bare name and no PATH entry qualified.
     pub path_exhausted: bool,
+    /// With [`LookupStyle::Execvp`]: some candidate was refused with EACCES (the caller
+    /// then fails with "permission denied", not "not found").
+    pub denied: bool,
+}
+
+/// How a bare name is looked up in PATH.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupStyle {
+    /// runc's `exec.LookPath` (Go before 1.20, as the runc of Debian 12): the first
+    /// candidate that is a non-directory with any execute bit, whoever may exec it.
+    Runc,
+    /// A shell's or libc's `execvp`: each candidate is exec'd in turn; one refused with
+    /// EACCES (not executable by the user, or in a directory it cannot search) is passed
+    /// over and remembered.
+    Execvp,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,10 +354,15 @@ struct Dir {
     rel: String,
     layers: Vec<usize>,
     mode: u32,
+    uid: u32,
+    gid: u32,
     /// The first `certain` of `layers` surely contribute; the rest do only if the directory
     /// named in `unsure_of` (path, layer) is not opaque, which could not be read.
     certain: usize,
     unsure_of: Option<(String, usize)>,
+    /// `layers` stops at the first layer that holds the directory (lazy merge): the layers
+    /// below were not looked at.
+    partial: bool,
 }
 
 impl Dir {
@@ -310,6 +386,8 @@ enum Child<N> {
         kind: FileKind,
         mode: u32,
         size: u64,
+        uid: u32,
+        gid: u32,
         node: N,
     },
 }
@@ -489,10 +567,13 @@ impl Dirs {
         ) {
             Ok(fd) => Ok(Some(fd)),
             // Absent, or an ancestor in this layer is not a directory / is a link: the
-            // layer has nothing at this path.
-            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) | Err(Errno::XDEV) => {
-                Ok(None)
-            }
+            // layer has nothing at this path. A name longer than NAME_MAX (a `.wh.` marker
+            // for a 252-byte name) cannot be in it either.
+            Err(Errno::NOENT)
+            | Err(Errno::NOTDIR)
+            | Err(Errno::LOOP)
+            | Err(Errno::XDEV)
+            | Err(Errno::NAMETOOLONG) => Ok(None),
             Err(e) => Err(RootfsError::Io {
                 path: format!("/{rel}"),
                 layer,
@@ -573,6 +654,8 @@ impl Layers for Dirs {
             mode: st.st_mode & 0o7777,
             size: st.st_size.max(0) as u64,
             whiteout: ft == FileType::CharacterDevice && st.st_rdev == 0,
+            uid: st.st_uid,
+            gid: st.st_gid,
         };
         Ok(Some((stat, fd)))
     }
@@ -605,6 +688,43 @@ impl Layers for Dirs {
         Ok(FileSource::new(self.open_regular(entry)?, entry.size))
     }
 
+    fn list(&self, layer: usize, rel: &str, max: usize) -> Result<Vec<String>, RootfsError> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let at = if rel.is_empty() { "." } else { rel };
+        let fd = match self.open_from_last(layer, at, flags) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) | Err(Errno::XDEV) => {
+                return Ok(Vec::new())
+            }
+            Err(e) => {
+                return Err(RootfsError::Io {
+                    path: format!("/{rel}"),
+                    layer,
+                    source: e.into(),
+                })
+            }
+        };
+        let io = |e: Errno| RootfsError::Io {
+            path: format!("/{rel}"),
+            layer,
+            source: e.into(),
+        };
+        let mut dir = rustix::fs::Dir::read_from(&fd).map_err(io)?;
+        let mut names = Vec::new();
+        while let Some(ent) = dir.read() {
+            let ent = ent.map_err(io)?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            if names.len() >= max {
+                break;
+            }
+            names.push(name);
+        }
+        Ok(names)
+    }
+
     fn vanished(&self) -> Option<String> {
         // Removed: an open directory that has been deleted reports no links, and containerd
         // renames a snapshot away before deleting its files, so the path no longer names the
@@ -630,6 +750,14 @@ impl Layers for Dirs {
             .and_then(|fd| rustix::fs::fstat(fd).ok())
             .map(|s| s.st_mode & 0o7777)
             .unwrap_or(0o755)
+    }
+
+    fn root_owner(&self) -> (u32, u32) {
+        self.fds
+            .first()
+            .and_then(|fd| rustix::fs::fstat(fd).ok())
+            .map(|s| (s.st_uid, s.st_gid))
+            .unwrap_or((0, 0))
     }
 }
 
@@ -684,12 +812,24 @@ impl<L: Layers> Stack<L> {
     /// Resolves `path` (absolute, or relative to `cwd`) following every symlink, including a
     /// trailing one, re-anchored at the container root; `..` never climbs above it.
     pub fn resolve(&self, path: &str, cwd: &str) -> Result<Resolved, RootfsError> {
-        self.walk(path, cwd, true)
+        self.walk(path, cwd, true, None)
+    }
+
+    /// Like [`Stack::resolve`], as the kernel resolves it for `who`: every directory on the
+    /// way (links followed included) must be searchable by it, or the answer is
+    /// [`Resolved::Denied`].
+    pub fn resolve_as(
+        &self,
+        path: &str,
+        cwd: &str,
+        who: Option<&Creds>,
+    ) -> Result<Resolved, RootfsError> {
+        self.walk(path, cwd, true, who)
     }
 
     /// Like [`Rootfs::resolve`] but does not follow a trailing symlink.
     pub fn resolve_nofollow(&self, path: &str, cwd: &str) -> Result<Resolved, RootfsError> {
-        self.walk(path, cwd, false)
+        self.walk(path, cwd, false, None)
     }
 
     /// runc's argv[0] lookup: a name with `/` is resolved as is (relative to `cwd`); a bare name
@@ -700,35 +840,68 @@ impl<L: Layers> Stack<L> {
         path_env: Option<&str>,
         cwd: &str,
     ) -> Result<ExecLookup, RootfsError> {
+        self.lookup_exec_as(argv0, path_env, cwd, None, LookupStyle::Runc)
+    }
+
+    /// A lookup of `name` in PATH for `who`, the way `style` does it.
+    pub fn lookup_exec_as(
+        &self,
+        argv0: &str,
+        path_env: Option<&str>,
+        cwd: &str,
+        who: Option<&Creds>,
+        style: LookupStyle,
+    ) -> Result<ExecLookup, RootfsError> {
         if argv0.contains('/') {
             return Ok(ExecLookup {
-                resolved: self.resolve(argv0, cwd)?,
+                resolved: self.resolve_as(argv0, cwd, who)?,
                 searched: Vec::new(),
                 path_exhausted: false,
+                denied: false,
             });
         }
         let mut searched = Vec::new();
         let mut best: Option<Resolved> = None;
+        let mut denied = false;
         for dir in path_env.unwrap_or(DEFAULT_PATH).split(':') {
             let candidate = if dir.is_empty() {
                 format!("{}/{argv0}", cwd.trim_end_matches('/'))
             } else {
                 format!("{}/{argv0}", dir.trim_end_matches('/'))
             };
-            let r = self.resolve(&candidate, cwd)?;
+            let r = self.resolve_as(&candidate, cwd, who)?;
             searched.push(candidate);
-            match &r {
-                Resolved::Found { entry, .. }
-                    if entry.kind != FileKind::Directory && entry.mode & 0o111 != 0 =>
-                {
-                    return Ok(ExecLookup {
-                        resolved: r,
-                        searched,
-                        path_exhausted: false,
-                    });
+            let runnable = match (&r, style) {
+                (Resolved::Found { entry, .. }, LookupStyle::Runc) => {
+                    entry.kind != FileKind::Directory && entry.mode & 0o111 != 0
                 }
+                (Resolved::Found { entry, .. }, LookupStyle::Execvp) => {
+                    entry.kind == FileKind::Regular
+                        && who.is_none_or(|w| w.may(Want::Exec, entry.mode, entry.uid, entry.gid))
+                        && entry.mode & 0o111 != 0
+                }
+                _ => false,
+            };
+            if runnable {
+                return Ok(ExecLookup {
+                    resolved: r,
+                    searched,
+                    path_exhausted: false,
+                    denied: false,
+                });
+            }
+            match &r {
                 Resolved::Found { .. } => {
+                    // execve of it fails with EACCES: not executable (by this user), or a
+                    // directory.
+                    denied = true;
                     if !matches!(best, Some(Resolved::Found { .. })) {
+                        best = Some(r);
+                    }
+                }
+                Resolved::Denied { .. } => {
+                    denied = true;
+                    if best.is_none() {
                         best = Some(r);
                     }
                 }
@@ -747,7 +920,48 @@ impl<L: Layers> Stack<L> {
             resolved,
             searched,
             path_exhausted: true,
+            denied: denied && style == LookupStyle::Execvp,
         })
+    }
+
+    /// The names in the merged directory at `path` (symlinks followed), at most `max`:
+    /// every layer that contributes to it, top first, whiteout markers left out (a name a
+    /// whiteout hides is still listed: resolving it says it is gone). `None` when `path` is
+    /// no directory.
+    pub fn list_dir(&self, path: &str, max: usize) -> Result<Option<Vec<String>>, RootfsError> {
+        let Resolved::Found { entry, .. } = self.resolve(path, "/")? else {
+            return Ok(None);
+        };
+        if entry.kind != FileKind::Directory {
+            return Ok(None);
+        }
+        let mut dir = self.root_dir();
+        for comp in entry.path.split('/').filter(|c| !c.is_empty()) {
+            match self.child_in(&dir, comp, false)? {
+                Some(Child::Dir(d)) => dir = d,
+                _ => return Ok(None),
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut names = Vec::new();
+        for &layer in &dir.layers {
+            self.check_deadline()?;
+            for n in self.layers.list(layer, &dir.rel, max)? {
+                if n.starts_with(".wh.") || names.len() >= max {
+                    continue;
+                }
+                if seen.insert(n.clone()) {
+                    names.push(n);
+                }
+            }
+        }
+        Ok(Some(names))
+    }
+
+    /// The first `len` bytes of each of `entries`.
+    pub fn heads(&self, entries: &[Entry], len: usize) -> Result<Vec<Vec<u8>>, RootfsError> {
+        self.check_deadline()?;
+        self.layers.heads(entries, len)
     }
 
     /// Opens a regular file found by resolution, for bounded reads.
@@ -762,25 +976,67 @@ impl<L: Layers> Stack<L> {
 
     fn root_dir(&self) -> Dir {
         let layers: Vec<usize> = (0..self.layers.count()).collect();
+        let (uid, gid) = self.layers.root_owner();
         Dir {
             rel: String::new(),
             certain: layers.len(),
             layers,
             mode: self.layers.root_mode(),
+            uid,
+            gid,
             unsure_of: None,
+            partial: false,
         }
     }
 
     /// Looks `name` up in the merged directory `dir`.
     fn child(&self, dir: &Dir, name: &str) -> Result<Child<L::Node>, RootfsError> {
+        let lazy = self.layers.lazy_merge();
+        if let Some(c) = self.child_in(dir, name, lazy)? {
+            return Ok(c);
+        }
+        // The layers looked at do not decide: look at all of the directory's.
+        let full = self.complete(dir)?;
+        Ok(self.child_in(&full, name, lazy)?.unwrap_or(Child::Missing))
+    }
+
+    /// `dir` with every layer that contributes to it.
+    fn complete(&self, dir: &Dir) -> Result<Dir, RootfsError> {
+        let mut d = self.root_dir();
+        for comp in dir.rel.split('/').filter(|c| !c.is_empty()) {
+            match self.child_in(&d, comp, false)? {
+                Some(Child::Dir(x)) => d = x,
+                _ => {
+                    return Ok(Dir {
+                        partial: false,
+                        ..dir.clone()
+                    })
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    /// Looks `name` up in `dir`; with `lazy`, a directory found stops the merge (its lower
+    /// layers are left for when a lookup needs them). `None` when `dir` is partial and the
+    /// layers it holds do not decide.
+    fn child_in(
+        &self,
+        dir: &Dir,
+        name: &str,
+        lazy: bool,
+    ) -> Result<Option<Child<L::Node>>, RootfsError> {
         if name.starts_with(".wh.") {
-            return Ok(Child::Missing);
+            return Ok(Some(Child::Missing));
         }
         let rel = dir.rel(name);
         let mut merged: Option<Dir> = None;
         // Set once the layers reached from here on might be hidden by a directory whose
         // opacity could not be read: `dir` itself in an upper layer, or the merged child.
         let mut unsure: Option<(String, usize)> = None;
+        // A whiteout, an opaque directory or a non-directory ended the merge.
+        let mut settled = false;
+        let mut stopped = false;
         for (k, &layer) in dir.layers.iter().enumerate() {
             self.check_deadline()?;
             if k == dir.certain && unsure.is_none() {
@@ -794,12 +1050,14 @@ impl<L: Layers> Stack<L> {
                         .stat(layer, &dir.rel(&format!(".wh.{name}")))?
                         .is_some()
                     {
+                        settled = true;
                         break;
                     }
                     continue;
                 }
             };
             if st.whiteout {
+                settled = true;
                 break;
             }
             if st.kind == FileKind::Directory {
@@ -812,15 +1070,21 @@ impl<L: Layers> Stack<L> {
                     rel: rel.clone(),
                     layers: Vec::new(),
                     mode: st.mode,
+                    uid: st.uid,
+                    gid: st.gid,
                     certain: 0,
                     unsure_of: None,
+                    partial: false,
                 });
                 d.layers.push(layer);
                 if unsure.is_none() {
                     d.certain = d.layers.len();
                 }
                 match self.layers.opacity(layer, &rel)? {
-                    Opacity::Opaque => break,
+                    Opacity::Opaque => {
+                        settled = true;
+                        break;
+                    }
                     Opacity::Transparent => {}
                     Opacity::Unknown => {
                         if unsure.is_none() {
@@ -828,30 +1092,48 @@ impl<L: Layers> Stack<L> {
                         }
                     }
                 }
+                if lazy {
+                    stopped = true;
+                    break;
+                }
                 continue;
             }
             if merged.is_some() {
                 // A non-directory below a directory is hidden and stops the merge.
+                settled = true;
                 break;
             }
             if let Some(why) = &unsure {
                 self.note_unsure(why, &rel, layer);
             }
-            return Ok(Child::Other {
+            return Ok(Some(Child::Other {
                 layer,
                 kind: st.kind,
                 mode: st.mode,
                 size: st.size,
+                uid: st.uid,
+                gid: st.gid,
                 node,
-            });
+            }));
         }
-        Ok(merged.map_or(Child::Missing, |mut d| {
+        if dir.partial && !settled && !stopped {
+            // Layers below `dir`'s were never looked at: they may hold `name`.
+            return Ok(None);
+        }
+        Ok(Some(merged.map_or(Child::Missing, |mut d| {
             d.unsure_of = unsure;
+            d.partial = stopped || (dir.partial && !settled);
             Child::Dir(d)
-        }))
+        })))
     }
 
-    fn walk(&self, path: &str, cwd: &str, follow_last: bool) -> Result<Resolved, RootfsError> {
+    fn walk(
+        &self,
+        path: &str,
+        cwd: &str,
+        follow_last: bool,
+        who: Option<&Creds>,
+    ) -> Result<Resolved, RootfsError> {
         use std::collections::VecDeque;
         let mut queue: VecDeque<String> = VecDeque::new();
         if !path.starts_with('/') {
@@ -868,7 +1150,23 @@ impl<L: Layers> Stack<L> {
             if processed > MAX_COMPONENTS {
                 return Ok(Resolved::Loop { hops });
             }
-            if comp.is_empty() || comp == "." {
+            if comp.is_empty() {
+                continue;
+            }
+            // may_lookup(): every component, "." and ".." included, needs search permission
+            // on the directory it is looked up in.
+            if let (Some(w), Some(d)) = (who, stack.last()) {
+                if !w.may(Want::Search, d.mode, d.uid, d.gid) {
+                    return Ok(Resolved::Denied {
+                        at: d.path(),
+                        mode: d.mode,
+                        uid: d.uid,
+                        gid: d.gid,
+                        hops,
+                    });
+                }
+            }
+            if comp == "." {
                 continue;
             }
             if comp == ".." {
@@ -922,6 +1220,8 @@ impl<L: Layers> Stack<L> {
                     kind,
                     mode,
                     size,
+                    uid,
+                    gid,
                     ..
                 } => {
                     let at = format!("{}/{comp}", dir.path().trim_end_matches('/'));
@@ -935,6 +1235,8 @@ impl<L: Layers> Stack<L> {
                             kind,
                             mode,
                             size,
+                            uid,
+                            gid,
                         },
                         hops,
                     });
@@ -949,6 +1251,8 @@ impl<L: Layers> Stack<L> {
                 kind: FileKind::Directory,
                 mode: d.mode,
                 size: 0,
+                uid: d.uid,
+                gid: d.gid,
             },
             hops,
         })

@@ -329,6 +329,8 @@ fn special_files_are_typed_and_never_opened(res: Resolver) {
         kind: FileKind::Regular,
         mode: 0o755,
         size: 0,
+        uid: 0,
+        gid: 0,
     };
     assert!(matches!(
         r.open_regular(&forged),
@@ -702,6 +704,8 @@ fn a_forged_entry_never_opens_a_fifo_or_device(res: Resolver) {
             kind: FileKind::Regular,
             mode: 0o755,
             size: 0,
+            uid: 0,
+            gid: 0,
         };
         assert!(
             matches!(r.open_regular(&forged), Err(RootfsError::NotRegular { .. })),

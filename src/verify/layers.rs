@@ -37,6 +37,8 @@ pub struct Meta {
     /// A hard link: the content is that of this path in the same layer.
     hard: Option<String>,
     whiteout: bool,
+    uid: u32,
+    gid: u32,
 }
 
 struct Layer {
@@ -48,6 +50,22 @@ struct Layer {
 pub struct TarLayers {
     layers: Vec<Layer>,
     indexed: Cell<usize>,
+    /// Bytes read from the layer blobs (compressed), every pass counted.
+    read: std::rc::Rc<Cell<u64>>,
+}
+
+/// Counts what is read through it.
+struct Counted<R> {
+    inner: R,
+    read: std::rc::Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
 }
 
 fn norm(p: &str) -> String {
@@ -64,26 +82,127 @@ fn norm(p: &str) -> String {
     out.join("/")
 }
 
-/// Wraps a blob reader in the right decompressor, told by its magic.
+/// Wraps a blob reader in the right decompressor, told by its magic. The whole stream is
+/// read: every gzip member (eStargz writes one per file and a footer) and every zstd frame,
+/// skippable frames passed over (zstd:chunked keeps its manifest in them).
 pub fn decompress(mut r: Box<dyn Read>) -> io::Result<Box<dyn Read>> {
     let mut magic = [0u8; 4];
-    let mut n = 0;
-    while n < 4 {
-        match r.read(&mut magic[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
+    let n = read_full(&mut r, &mut magic)?;
     let head = io::Cursor::new(magic[..n].to_vec());
     let chained: Box<dyn Read> = Box::new(head.chain(r));
     if magic[..n].starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::read::GzDecoder::new(chained)))
-    } else if magic[..n] == [0x28, 0xb5, 0x2f, 0xfd] {
-        let d = ruzstd::decoding::StreamingDecoder::new(chained)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        Ok(Box::new(d))
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(chained)))
+    } else if magic[..n] == ZSTD_MAGIC {
+        Ok(Box::new(ZstdFrames {
+            frame: None,
+            source: Some(Pushback::new(chained)),
+        }))
     } else {
         Ok(chained)
+    }
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Reads until `buf` is full or the stream ends; how much was read.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A reader with a few bytes put back in front (a frame's magic, read to tell its kind).
+struct Pushback {
+    front: Vec<u8>,
+    pos: usize,
+    inner: Box<dyn Read>,
+}
+
+impl Pushback {
+    fn new(inner: Box<dyn Read>) -> Pushback {
+        Pushback {
+            front: Vec::new(),
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl Read for Pushback {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos < self.front.len() {
+            let n = buf.len().min(self.front.len() - self.pos);
+            buf[..n].copy_from_slice(&self.front[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// Every frame of a zstd stream in turn (ruzstd's decoder reads one).
+struct ZstdFrames {
+    frame: Option<ruzstd::decoding::StreamingDecoder<Pushback, ruzstd::decoding::FrameDecoder>>,
+    /// Between frames.
+    source: Option<Pushback>,
+}
+
+impl Read for ZstdFrames {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if let Some(f) = &mut self.frame {
+                let n = f.read(buf)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                self.source = self.frame.take().map(|f| f.into_inner());
+            }
+            let Some(mut src) = self.source.take() else {
+                return Ok(0);
+            };
+            let mut magic = [0u8; 4];
+            match read_full(&mut src, &mut magic)? {
+                0 => return Ok(0),
+                4 => {}
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "a zstd stream ends inside a frame's magic number",
+                    ))
+                }
+            }
+            let m = u32::from_le_bytes(magic);
+            if (0x184d_2a50..=0x184d_2a5f).contains(&m) {
+                // A skippable frame: its length, then that many bytes of no content.
+                let mut len = [0u8; 4];
+                src.read_exact(&mut len)?;
+                let skip = u64::from(u32::from_le_bytes(len));
+                let copied = io::copy(&mut (&mut src).take(skip), &mut io::sink())?;
+                if copied < skip {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "a zstd skippable frame is cut short",
+                    ));
+                }
+                self.source = Some(src);
+                continue;
+            }
+            src.front = magic.to_vec();
+            src.pos = 0;
+            let d = ruzstd::decoding::StreamingDecoder::new(src)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            self.frame = Some(d);
+        }
     }
 }
 
@@ -101,12 +220,19 @@ fn kind_of(t: tar::EntryType) -> Option<FileKind> {
     })
 }
 
+#[cfg(test)]
 fn index(open: &Opener) -> Result<HashMap<String, Meta>, String> {
     index_within(open, MAX_INDEX_BYTES)
 }
 
+#[cfg(test)]
 fn index_within(open: &Opener, max_bytes: usize) -> Result<HashMap<String, Meta>, String> {
     let r = decompress(open().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    index_stream(r, max_bytes)
+}
+
+/// Indexes a decompressed layer tar.
+fn index_stream(r: Box<dyn Read>, max_bytes: usize) -> Result<HashMap<String, Meta>, String> {
     let mut a = tar::Archive::new(r);
     let mut map: HashMap<String, Meta> = HashMap::new();
     let mut budget = 0usize;
@@ -117,6 +243,8 @@ fn index_within(open: &Opener, max_bytes: usize) -> Result<HashMap<String, Meta>
         link: None,
         hard: None,
         whiteout: false,
+        uid: 0,
+        gid: 0,
     };
     for (n, e) in a.entries().map_err(|e| e.to_string())?.enumerate() {
         if n > MAX_ENTRIES {
@@ -154,6 +282,8 @@ fn index_within(open: &Opener, max_bytes: usize) -> Result<HashMap<String, Meta>
                 None
             },
             whiteout,
+            uid: u32::try_from(h.uid().unwrap_or(0)).unwrap_or(u32::MAX),
+            gid: u32::try_from(h.gid().unwrap_or(0)).unwrap_or(u32::MAX),
         };
         if path.len() > MAX_PATH_BYTES {
             return Err(format!(
@@ -204,7 +334,23 @@ impl TarLayers {
                 })
                 .collect(),
             indexed: Cell::new(0),
+            read: std::rc::Rc::new(Cell::new(0)),
         }
+    }
+
+    /// Bytes read from the layer blobs so far (compressed, every pass counted).
+    pub fn blob_bytes_read(&self) -> u64 {
+        self.read.get()
+    }
+
+    /// Opens layer `layer`'s blob, counted, decompressed.
+    fn stream(&self, layer: usize) -> io::Result<Box<dyn Read>> {
+        let raw = (self.layers[layer].open)()?;
+        let counted: Box<dyn Read> = Box::new(Counted {
+            inner: raw,
+            read: self.read.clone(),
+        });
+        decompress(counted)
     }
 
     /// How many layers were read to decide (the rest were never decompressed).
@@ -216,7 +362,10 @@ impl TarLayers {
         let l = &self.layers[layer];
         let r = l.index.get_or_init(|| {
             self.indexed.set(self.indexed.get() + 1);
-            index(&l.open)
+            match self.stream(layer) {
+                Ok(r) => index_stream(r, MAX_INDEX_BYTES),
+                Err(e) => Err(e.to_string()),
+            }
         });
         r.as_ref().map_err(|e| RootfsError::Io {
             path: format!("layer {layer}"),
@@ -275,6 +424,8 @@ impl Layers for TarLayers {
                     mode: m.mode,
                     size: m.size,
                     whiteout: m.whiteout,
+                    uid: m.uid,
+                    gid: m.gid,
                 },
                 m.clone(),
             )
@@ -291,6 +442,80 @@ impl Layers for TarLayers {
             .contains_key(&format!("{}/.wh..wh..opq", norm(rel))))
     }
 
+    fn list(&self, layer: usize, rel: &str, max: usize) -> Result<Vec<String>, RootfsError> {
+        let dir = norm(rel);
+        let mut names: Vec<String> = self
+            .index(layer)?
+            .keys()
+            .filter_map(|k| {
+                let rest = if dir.is_empty() {
+                    k.as_str()
+                } else {
+                    k.strip_prefix(dir.as_str())?.strip_prefix('/')?
+                };
+                (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_string())
+            })
+            .collect();
+        names.sort();
+        names.truncate(max);
+        Ok(names)
+    }
+
+    /// One pass over each layer that holds some of `entries` (not one per file).
+    fn heads(&self, entries: &[Entry], len: usize) -> Result<Vec<Vec<u8>>, RootfsError> {
+        let mut out = vec![Vec::new(); entries.len()];
+        let mut by_layer: HashMap<usize, HashMap<String, Vec<usize>>> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            let rel = norm(&e.path);
+            let target = self
+                .index(e.layer)?
+                .get(&rel)
+                .and_then(|m| m.hard.clone())
+                .unwrap_or(rel);
+            by_layer
+                .entry(e.layer)
+                .or_default()
+                .entry(target)
+                .or_default()
+                .push(i);
+        }
+        for (layer, mut want) in by_layer {
+            let io_err = |source: io::Error| RootfsError::Io {
+                path: format!("layer {layer}"),
+                layer,
+                source,
+            };
+            let r = self.stream(layer).map_err(io_err)?;
+            let mut a = tar::Archive::new(r);
+            for e in a.entries().map_err(io_err)? {
+                if want.is_empty() {
+                    break;
+                }
+                let mut e = e.map_err(io_err)?;
+                if e.header().entry_type().is_hard_link() {
+                    continue;
+                }
+                let p = norm(&e.path().map_err(io_err)?.to_string_lossy());
+                let Some(idx) = want.remove(&p) else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                (&mut e)
+                    .take(len as u64)
+                    .read_to_end(&mut head)
+                    .map_err(io_err)?;
+                for i in idx {
+                    out[i].clone_from(&head);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn lazy_merge(&self) -> bool {
+        true
+    }
+
     fn open(&self, entry: &Entry) -> Result<MemFile, RootfsError> {
         let rel = norm(&entry.path);
         let target = self
@@ -303,7 +528,7 @@ impl Layers for TarLayers {
             layer: entry.layer,
             source,
         };
-        let r = decompress((self.layers[entry.layer].open)().map_err(io_err)?).map_err(io_err)?;
+        let r = self.stream(entry.layer).map_err(io_err)?;
         let mut a = tar::Archive::new(r);
         for e in a.entries().map_err(io_err)? {
             let mut e = e.map_err(io_err)?;
@@ -387,6 +612,52 @@ mod tests {
         // At the limits it is indexed.
         let ok = vec!["d"; MAX_COMPONENTS].join("/");
         assert!(index(&layer(&[ok.as_str()])).is_ok());
+    }
+
+    fn tar_of(names: &[&str]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for p in names {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            h.set_mode(0o755);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, p, &b"x"[..]).expect("append");
+        }
+        b.into_inner().expect("tar")
+    }
+
+    fn opener(bytes: Vec<u8>) -> Opener {
+        let bytes = Arc::new(bytes);
+        Arc::new(move || Ok(Box::new(io::Cursor::new(bytes.as_ref().clone())) as Box<dyn Read>))
+    }
+
+    #[test]
+    fn every_gzip_member_and_zstd_frame_is_read() {
+        use std::io::Write;
+        // One tar, cut in two, each part its own gzip member (as eStargz writes them).
+        let tar = tar_of(&["bin/first", "usr/local/bin/app"]);
+        let (a, b) = tar.split_at(1024);
+        let mut gz = Vec::new();
+        for part in [a, b] {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(part).unwrap();
+            gz.extend(e.finish().unwrap());
+        }
+        let map = index(&opener(gz)).expect("index");
+        assert!(map.contains_key("usr/local/bin/app"), "{:?}", map.keys());
+
+        // Two zstd frames with a skippable frame between them (zstd:chunked's metadata).
+        let level = ruzstd::encoding::CompressionLevel::Fastest;
+        let mut zst = ruzstd::encoding::compress_to_vec(a, level);
+        zst.extend_from_slice(&0x184d_2a50u32.to_le_bytes());
+        zst.extend_from_slice(&5u32.to_le_bytes());
+        zst.extend_from_slice(b"meta!");
+        zst.extend(ruzstd::encoding::compress_to_vec(b, level));
+        let map = index(&opener(zst.clone())).expect("index");
+        assert!(map.contains_key("usr/local/bin/app"), "{:?}", map.keys());
+        // A stream cut inside a frame is an error, not a shorter layer.
+        let cut = zst[..zst.len() - 3].to_vec();
+        assert!(index(&opener(cut)).is_err());
     }
 
     #[test]

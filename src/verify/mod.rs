@@ -22,7 +22,7 @@ use crate::binfmt::Table;
 use crate::fix::{self, FixCode};
 use crate::image::{self, Doc, MAX_DOC_BYTES};
 use crate::inspect::{self, Finding, Request, Verdict};
-use crate::platform::{Arch, Node};
+use crate::platform::{Arch, Compat32, Node};
 use crate::rootfs::Stack;
 use layers::{Opener, TarLayers};
 
@@ -141,6 +141,8 @@ pub struct PlatformReport {
     /// Layers decompressed to decide (of `layers`).
     pub layers_read: usize,
     pub layers: usize,
+    /// Bytes read from the layer blobs (compressed; a layer read twice counts twice).
+    pub blob_bytes_read: u64,
 }
 
 /// The whole answer.
@@ -158,24 +160,63 @@ pub struct Report {
     pub fix: String,
 }
 
+/// How a verification judges.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Platforms that must be present, like `linux/amd64`, `linux/arm/v7`.
+    pub required: Vec<String>,
+    /// Whether a 32-bit binary passes in its 64-bit companion's image (386 in amd64, arm
+    /// in arm64) with a `compat_32bit` finding. `Auto` and `No`: it must not (nodes without
+    /// 32-bit support exist for both).
+    pub compat32: Compat32,
+    /// Also read the header of every executable in the PATH directories
+    /// (`foreign_executables`): every layer that holds one of them is then read.
+    pub census: bool,
+}
+
+impl Options {
+    pub fn new(required: &[String]) -> Options {
+        Options {
+            required: required.to_vec(),
+            compat32: Compat32::Auto,
+            census: true,
+        }
+    }
+}
+
 /// Verifies a registry reference (`registry/repo:tag` or `...@sha256:...`).
 pub fn verify_reference(
     reference: &str,
     plain_http: bool,
     required: &[String],
 ) -> Result<Report, VerifyError> {
+    verify_reference_with(reference, plain_http, &Options::new(required))
+}
+
+/// [`verify_reference`] with options.
+pub fn verify_reference_with(
+    reference: &str,
+    plain_http: bool,
+    opts: &Options,
+) -> Result<Report, VerifyError> {
     let dir = tempfile::tempdir().map_err(|source| VerifyError::Io {
         path: "temp dir".into(),
         source,
     })?;
     registry::fetch(reference, plain_http, dir.path())?;
-    let mut r = verify(dir.path(), required)?;
+    let mut r = verify_with(dir.path(), opts)?;
     r.target = reference.to_string();
     Ok(r)
 }
 
 /// Reads `target` and verifies every platform; `required` like `linux/amd64`, `linux/arm/v7`.
 pub fn verify(target: &Path, required: &[String]) -> Result<Report, VerifyError> {
+    verify_with(target, &Options::new(required))
+}
+
+/// [`verify`] with options.
+pub fn verify_with(target: &Path, opts: &Options) -> Result<Report, VerifyError> {
+    let required = &opts.required;
     let blobs = open(target)?;
     let mut platforms = Vec::new();
     let mut deploy_digest = None;
@@ -183,7 +224,7 @@ pub fn verify(target: &Path, required: &[String]) -> Result<Report, VerifyError>
         Blobs::Archive(_, members)
             if !members.contains_key("index.json") && members.contains_key("manifest.json") =>
         {
-            docker_save(&blobs, &mut platforms)?;
+            docker_save(&blobs, &mut platforms, opts)?;
         }
         _ => {
             let top = blobs.read("index.json")?;
@@ -200,7 +241,7 @@ pub fn verify(target: &Path, required: &[String]) -> Result<Report, VerifyError>
                                 continue; // attestations
                             }
                             let m = blobs.read(&Blobs::member_for_digest(&c.desc.digest))?;
-                            platforms.push(one(&blobs, &c.desc.digest, &m, Some(&c))?);
+                            platforms.push(one(&blobs, &c.desc.digest, &m, Some(&c), opts)?);
                         }
                     }
                     Doc::Manifest { .. } => platforms.push(one(
@@ -208,6 +249,7 @@ pub fn verify(target: &Path, required: &[String]) -> Result<Report, VerifyError>
                         &r.desc.digest,
                         &bytes,
                         r.arch().is_some().then_some(&r),
+                        opts,
                     )?),
                 }
             }
@@ -286,7 +328,11 @@ fn open(target: &Path) -> Result<Blobs, VerifyError> {
 }
 
 /// `docker save` (legacy layout): manifest.json lists config and layer tars per image.
-fn docker_save(blobs: &Blobs, out: &mut Vec<PlatformReport>) -> Result<(), VerifyError> {
+fn docker_save(
+    blobs: &Blobs,
+    out: &mut Vec<PlatformReport>,
+    opts: &Options,
+) -> Result<(), VerifyError> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Item {
@@ -303,7 +349,7 @@ fn docker_save(blobs: &Blobs, out: &mut Vec<PlatformReport>) -> Result<(), Verif
             .rev()
             .map(|l| blobs.opener(l))
             .collect::<Result<Vec<_>, _>>()?;
-        out.push(check(&it.config, None, config, openers));
+        out.push(check(&it.config, None, config, openers, opts));
     }
     Ok(())
 }
@@ -313,6 +359,7 @@ fn one(
     digest: &str,
     manifest: &[u8],
     entry: Option<&image::Entry>,
+    opts: &Options,
 ) -> Result<PlatformReport, VerifyError> {
     let Doc::Manifest { config, layers } = image::parse_doc(manifest)? else {
         return Err(VerifyError::NotAnImage(format!("{digest} (nested index)")));
@@ -323,7 +370,7 @@ fn one(
         .rev()
         .map(|l| blobs.opener(&Blobs::member_for_digest(&l.digest)))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(check(digest, entry, cfg, openers))
+    Ok(check(digest, entry, cfg, openers, opts))
 }
 
 fn check(
@@ -331,6 +378,7 @@ fn check(
     entry: Option<&image::Entry>,
     cfg: image::Config,
     layers: Vec<Opener>,
+    opts: &Options,
 ) -> PlatformReport {
     let config_platform = match &cfg.variant {
         Some(v) => format!("{}/{}/{v}", cfg.os, cfg.architecture),
@@ -355,6 +403,7 @@ fn check(
         findings: Vec::new(),
         layers_read: 0,
         layers: n_layers,
+        blob_bytes_read: 0,
     };
     let Some(arch) = arch else {
         report.cause = format!("platform {platform} names no architecture archwatch knows");
@@ -373,11 +422,15 @@ fn check(
         });
     }
     let root = Stack::from_layers(TarLayers::new(layers));
-    // Strict: each platform must carry its own architecture (no 32-bit compat allowance).
+    // Strict unless asked: each platform must carry its own architecture.
     let node = Node {
         arch,
         compat32: false,
-    };
+    }
+    .with_compat32(match opts.compat32 {
+        Compat32::Yes => Compat32::Yes,
+        Compat32::Auto | Compat32::No => Compat32::No,
+    });
     let table = Table::empty();
     let (path_env, cwd) = (cfg.path_env(), cfg.cwd());
     let req = Request {
@@ -385,6 +438,7 @@ fn check(
         path_env: path_env.as_deref(),
         cwd: &cwd,
         claimed_arch: cfg.arch(),
+        user: None,
     };
     match inspect::inspect(
         &root,
@@ -394,7 +448,18 @@ fn check(
             binfmt: &table,
         },
     ) {
-        Ok(i) => {
+        Ok(mut i) => {
+            if opts.census {
+                let named: Vec<String> =
+                    i.chain.iter().filter_map(|s| s.resolved.clone()).collect();
+                match inspect::census::census(&root, req.path_env, &named, &node) {
+                    Ok(c) => i.add_census(&c),
+                    Err(e) => report.findings.push(Finding {
+                        code: "census_incomplete",
+                        detail: format!("the executables of the image could not all be read: {e}"),
+                    }),
+                }
+            }
             report.verdict = i.verdict;
             report.binary_arch = i.binary_arch.map(|a| a.to_string());
             report.cause = i.cause;
@@ -409,6 +474,7 @@ fn check(
         }
     }
     report.layers_read = root.backend().layers_indexed();
+    report.blob_bytes_read = root.backend().blob_bytes_read();
     report
 }
 

@@ -631,3 +631,156 @@ fn a_forced_platform_and_a_stale_tag_get_the_fix_that_fits() {
         "{fix}"
     );
 }
+
+/// Entrypoint scripts that exec a program that cannot run: diagnosed as that program; a
+/// script whose exec archwatch cannot be sure of runs (`ok`), and its shell's exit is
+/// attributed to the program it may exec.
+#[test]
+fn agent_follows_entrypoint_execs_and_attributes_shell_exits() {
+    let _binfmt = support::binfmt_shared();
+    let mut ctd = Containerd::start();
+    let work = tempfile::tempdir().unwrap();
+    let base = || {
+        vec![
+            Item::file("/bin/busybox", support::busybox("amd64"), 0o755),
+            Item::symlink("/bin/sh", "/bin/busybox"),
+            Item::symlink("/usr/bin/true", "/bin/busybox"),
+        ]
+    };
+    let with = |mut items: Vec<Item>, more: Vec<Item>| {
+        items.extend(more);
+        items
+    };
+    let entrypoint = b"#!/bin/sh\nset -e\nif [ \"${1#-}\" != \"$1\" ]; then\n\tset -- app \"$@\"\nfi\nexec \"$@\"\n";
+    let maybe = b"#!/bin/sh\nif [ -f /etc/app.conf ]; then\n  exec /usr/local/bin/server\nfi\n";
+    let mut ep_arm64 = ImageSpec::new(
+        "amd64",
+        &["/docker-entrypoint.sh"],
+        vec![Layer(with(
+            base(),
+            vec![
+                Item::file("/docker-entrypoint.sh", entrypoint.to_vec(), 0o755),
+                Item::file("/usr/local/bin/app", support::busybox("arm64"), 0o755),
+            ],
+        ))],
+    );
+    ep_arm64.cmd = vec!["app".into(), "--serve".into()];
+    let mut ep_ok = ImageSpec::new(
+        "amd64",
+        &["/docker-entrypoint.sh"],
+        vec![Layer(with(
+            base(),
+            vec![Item::file(
+                "/docker-entrypoint.sh",
+                entrypoint.to_vec(),
+                0o755,
+            )],
+        ))],
+    );
+    ep_ok.cmd = vec!["true".into()];
+    let maybe_arm64 = ImageSpec::new(
+        "amd64",
+        &["/start.sh"],
+        vec![Layer(with(
+            base(),
+            vec![
+                Item::file("/start.sh", maybe.to_vec(), 0o755),
+                Item::file("/etc/app.conf", b"x=1\n".to_vec(), 0o644),
+                Item::file("/usr/local/bin/server", support::busybox("arm64"), 0o755),
+            ],
+        ))],
+    );
+    // No exec at all: the script runs an arm64 tool that a build step downloaded for the
+    // wrong arch; only the census of the image's executables can name it.
+    let runs_tool = ImageSpec::new(
+        "amd64",
+        &["/start.sh"],
+        vec![Layer(with(
+            base(),
+            vec![
+                Item::file(
+                    "/start.sh",
+                    b"#!/bin/sh
+set -e
+tool --init
+echo ready
+"
+                    .to_vec(),
+                    0o755,
+                ),
+                Item::file("/usr/local/bin/tool", support::busybox("arm64"), 0o755),
+            ],
+        ))],
+    );
+    let cases = [
+        ("ep-arm64-cmd", ep_arm64),
+        ("ep-native-cmd", ep_ok),
+        ("maybe-arm64", maybe_arm64),
+        ("runs-arm64-tool", runs_tool),
+    ];
+    for (name, spec) in &cases {
+        import(
+            &mut ctd,
+            work.path(),
+            &format!("archwatch.test/{name}:v1"),
+            spec,
+        );
+    }
+    let agent = Agent::start(&ctd.socket, &[]);
+    agent.wait_ready();
+    for (name, _) in &cases {
+        let r = ctd.run(
+            NS,
+            &format!("archwatch.test/{name}:v1"),
+            &format!("{name}-1"),
+            &pod_labels(name, "app"),
+            Duration::from_secs(30),
+        );
+        assert_eq!(r.code == Some(0), *name == "ep-native-cmd", "{name}: {r:?}");
+    }
+    for name in ["ep-arm64-cmd", "maybe-arm64", "runs-arm64-tool"] {
+        agent.wait_for(
+            &format!("diagnosis of {name}"),
+            Duration::from_secs(20),
+            || failure_for(&agent, name).is_some(),
+        );
+    }
+    let ep = failure_for(&agent, "ep-arm64-cmd").unwrap();
+    assert_eq!(ep["verdict"], "arch_mismatch", "{ep}");
+    assert_eq!(ep["binary_arch"], "arm64", "{ep}");
+    assert!(
+        ep["cause"].as_str().unwrap().contains("/usr/local/bin/app"),
+        "{ep}"
+    );
+    let maybe = failure_for(&agent, "maybe-arm64").unwrap();
+    assert_eq!(maybe["verdict"], "arch_mismatch", "{maybe}");
+    // busybox's exec runs the arm64 file as a script: exit 2.
+    assert_eq!(maybe["exit_code"], 2, "{maybe}");
+    let codes: Vec<&str> = maybe["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["code"].as_str())
+        .collect();
+    assert!(codes.contains(&"exit_attributed"), "{maybe}");
+    assert!(codes.contains(&"exec_uncertain"), "{maybe}");
+    let tool = failure_for(&agent, "runs-arm64-tool").unwrap();
+    assert_eq!(tool["verdict"], "arch_mismatch", "{tool}");
+    assert!(
+        tool["cause"]
+            .as_str()
+            .unwrap()
+            .contains("/usr/local/bin/tool"),
+        "{tool}"
+    );
+    let codes: Vec<&str> = tool["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["code"].as_str())
+        .collect();
+    assert!(codes.contains(&"foreign_executables"), "{tool}");
+    assert!(codes.contains(&"exit_attributed"), "{tool}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(failure_for(&agent, "ep-native-cmd").is_none());
+}

@@ -23,6 +23,7 @@ fn diagnosis(i: usize) -> archwatch::diagnose::Diagnosis {
         chain: Vec::new(),
         findings: Vec::new(),
         bytes_read: 0,
+        suspects: Vec::new(),
     };
     let who = Identity {
         pod: Some(format!("pod-{i}")),

@@ -236,3 +236,53 @@ fn emulation_is_confirmed_counted_and_follows_the_handler_table() {
         "handler removed"
     );
 }
+
+/// Two handlers take the same file: the kernel asks the newest registration first, and so
+/// does archwatch, whatever the handlers' names.
+#[test]
+fn the_newest_of_two_matching_handlers_is_the_one_the_kernel_uses() {
+    let _x = support::binfmt_exclusive();
+    let _mount = BinfmtMount::ensure().expect("binfmt_misc can be mounted");
+    let work = tempfile::tempdir().unwrap();
+    // Two interpreters that say which one ran; a file only these handlers take.
+    let say = |who: &str| {
+        let p = work.path().join(format!("{who}.sh"));
+        std::fs::write(&p, format!("#!/bin/sh\necho {who}\n")).unwrap();
+        rustix::fs::chmod(&p, rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
+        p.display().to_string()
+    };
+    let (old_sh, new_sh) = (say("old"), say("new"));
+    let magic = b"\x7fAWNEWEST";
+    let mask = b"\xff\xff\xff\xff\xff\xff\xff\xff\xff";
+    let root = work.path().join("rootfs");
+    std::fs::create_dir(&root).unwrap();
+    let mut file = magic.to_vec();
+    file.extend_from_slice(b" payload\n");
+    std::fs::write(root.join("app"), &file).unwrap();
+    rustix::fs::chmod(root.join("app"), rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
+    // Named so that name order would pick the older one.
+    let old = support::unique("aaa-archwatch-old");
+    let new = support::unique("zzz-archwatch-new");
+    let _old = BinfmtHandler::register(&old, magic, mask, &old_sh, "F").expect("register");
+    std::thread::sleep(Duration::from_millis(20));
+    let _new = BinfmtHandler::register(&new, magic, mask, &new_sh, "F").expect("register");
+
+    let ran = std::process::Command::new(root.join("app"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ran.stdout).trim(),
+        "new",
+        "{ran:?}"
+    );
+
+    let out = support::archwatch()
+        .args(["inspect", "--json", "--rootfs"])
+        .arg(&root)
+        .args(["--", "/app"])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["verdict"], "emulated", "{json:#}");
+    assert_eq!(json["handler"], new.as_str(), "{json:#}");
+}

@@ -726,3 +726,94 @@ fn cri_kubelet_backoff_doubles_to_five_minutes() {
     assert_eq!(BackOff::default().delay(0), Duration::from_millis(100));
     assert_eq!(BackOff::default().gc_period(), Duration::from_millis(600));
 }
+
+/// `runAsUser: 1000` over a root-owned 0700 binary and over one its user owns: whatever
+/// capabilities this containerd's CRI plugin gives a non-root container, the agent judges
+/// with the spec's, and agrees with the kernel: a container is diagnosed exactly when its
+/// start failed.
+#[test]
+fn cri_run_as_user_is_judged_with_the_specs_user_and_capabilities() {
+    let _binfmt = support::binfmt_shared();
+    let work = tempfile::tempdir().unwrap();
+    let mut lab = CriLab::start();
+    let (_api, url) = FakeApi::start();
+    let image = |mode: u32| {
+        ImageSpec::new(
+            "amd64",
+            &["/bin/true"],
+            vec![Layer(vec![Item::file(
+                "/bin/true",
+                support::busybox("amd64"),
+                mode,
+            )])],
+        )
+    };
+    let private = lab.push("shop/private", &image(0o700));
+    lab.pull(&private);
+    // A script anyone may run that execs root's 0700 binary: whatever the first exec had,
+    // the shell a non-root user runs has no capabilities left (only the ambient set
+    // survives an exec).
+    let via_script = lab.push(
+        "shop/via-script",
+        &ImageSpec::new(
+            "amd64",
+            &["/ep.sh"],
+            vec![Layer(vec![
+                Item::file("/bin/busybox", support::busybox("amd64"), 0o755),
+                Item::symlink("/bin/sh", "/bin/busybox"),
+                Item::file("/bin/true", support::busybox("amd64"), 0o700),
+                Item::file("/ep.sh", b"#!/bin/sh\nexec /bin/true\n".to_vec(), 0o755),
+            ])],
+        ),
+    );
+    lab.pull(&via_script);
+    let agent = agent(&lab, &url, None, work.path());
+    let pod = lab.run_pod("users", "shop");
+    let as_root = lab.run_attempt(&pod, &Container::new("root", &private), 0);
+    let as_user = lab.run_attempt(&pod, &Container::new("user", &private).run_as_user(1000), 0);
+    assert!(as_root.start_error.is_none(), "{:?}", as_root.start_error);
+    // The kernel's answer for uid 1000 depends on the effective capabilities this
+    // containerd gives a non-root container (CAP_DAC_OVERRIDE lets it exec root's 0700).
+    let user_failed = as_user.start_error.is_some() || as_user.status.exit_code != 0;
+    if user_failed {
+        agent.wait_for("the user's failure", Duration::from_secs(20), || {
+            !failure_of(&agent, &as_user.id).is_empty()
+        });
+        let d = &failure_of(&agent, &as_user.id)[0];
+        assert_eq!(d["verdict"], "not_executable", "{d}");
+        assert!(d["cause"].as_str().unwrap().contains("uid 1000"), "{d}");
+    } else {
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(failure_of(&agent, &as_user.id).is_empty());
+    }
+    eprintln!(
+        "runAsUser 1000 over root's 0700 /bin/true on this containerd: {}",
+        if user_failed {
+            "permission denied"
+        } else {
+            "runs (CAP_DAC_OVERRIDE in the effective set)"
+        }
+    );
+    let script_user = lab.run_attempt(
+        &pod,
+        &Container::new("script", &via_script).run_as_user(1000),
+        0,
+    );
+    assert!(
+        script_user.start_error.is_none(),
+        "{:?}",
+        script_user.start_error
+    );
+    assert_eq!(
+        script_user.status.exit_code, 126,
+        "{:?}",
+        script_user.status
+    );
+    agent.wait_for("the script's failure", Duration::from_secs(20), || {
+        !failure_of(&agent, &script_user.id).is_empty()
+    });
+    let d = &failure_of(&agent, &script_user.id)[0];
+    assert_eq!(d["verdict"], "not_executable", "{d}");
+    assert!(d["cause"].as_str().unwrap().contains("/bin/true"), "{d}");
+    assert!(failure_of(&agent, &as_root.id).is_empty());
+}

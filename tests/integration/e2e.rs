@@ -429,3 +429,454 @@ fn verdicts_match_what_the_kernel_does() {
     }
     eprintln!("{}", report.join("\n"));
 }
+
+/// One file of a root directory for the exec-chain cases: path, content, mode, owner.
+enum F {
+    File(&'static str, Vec<u8>, u32, (u32, u32)),
+    Dir(&'static str, u32, (u32, u32)),
+    Link(&'static str, &'static str),
+}
+
+fn build_root(dir: &std::path::Path, files: &[F]) {
+    use std::os::unix::fs::PermissionsExt;
+    for f in files {
+        let p = |rel: &str| dir.join(rel.trim_start_matches('/'));
+        match f {
+            F::File(rel, bytes, mode, (u, g)) => {
+                let path = p(rel);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, bytes).unwrap();
+                std::os::unix::fs::chown(&path, Some(*u), Some(*g)).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
+            }
+            F::Dir(rel, mode, (u, g)) => {
+                let path = p(rel);
+                std::fs::create_dir_all(&path).unwrap();
+                std::os::unix::fs::chown(&path, Some(*u), Some(*g)).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
+            }
+            F::Link(rel, target) => {
+                let path = p(rel);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::os::unix::fs::symlink(target, &path).unwrap();
+            }
+        }
+    }
+}
+
+/// What the run must show.
+enum Reality {
+    /// The process runs and exits 0.
+    Runs,
+    /// It fails with this exit status and these words in runc's or the process's output.
+    Fails(i32, &'static str),
+}
+
+struct ChainCase {
+    name: &'static str,
+    files: Vec<F>,
+    argv: &'static [&'static str],
+    user: Option<(u32, u32, &'static [u32])>,
+    verdict: &'static str,
+    /// The symptom archwatch gives (`symptom` in its JSON).
+    symptom: &'static str,
+    /// A finding archwatch must report.
+    finding: Option<&'static str>,
+    reality: Reality,
+}
+
+const ROOT: (u32, u32) = (0, 0);
+
+/// Entrypoint scripts and wrappers, users and permissions, loaders and `#!` lines: each
+/// case is run by runc on this kernel, and inspected by archwatch, and both must agree.
+///
+/// What a failed exec inside the container looks like is the shell's or wrapper's own: on
+/// ENOEXEC busybox's `exec` runs the file as a shell script (exit 2, "syntax error"), and
+/// busybox's `env` (static glibc `execvp`) falls back to `/bin/sh FILE` and, without one,
+/// says "No such file or directory" (exit 127).
+fn chain_cases() -> Vec<ChainCase> {
+    let bb = || F::File("/bin/busybox", support::busybox("amd64"), 0o755, ROOT);
+    let sh = || F::Link("/bin/sh", "busybox");
+    let arm64 = || support::busybox("arm64");
+    let amd64 = || support::busybox("amd64");
+    let host_true = std::fs::read("/usr/bin/true").expect("/usr/bin/true");
+    let docker_library = b"#!/bin/sh\nset -e\n\n# first arg is `-f` or `--some-option`\nif [ \"${1#-}\" != \"$1\" ]; then\n\tset -- app \"$@\"\nfi\n\nexec \"$@\"\n".to_vec();
+    vec![
+        ChainCase {
+            name: "entrypoint-execs-arm64-cmd",
+            files: vec![
+                bb(),
+                sh(),
+                F::File("/docker-entrypoint.sh", docker_library.clone(), 0o755, ROOT),
+                F::File("/usr/local/bin/app", arm64(), 0o755, ROOT),
+            ],
+            argv: &["/docker-entrypoint.sh", "app"],
+            user: None,
+            verdict: "arch_mismatch",
+            symptom: "exec format error",
+            finding: None,
+            reality: Reality::Fails(2, "/usr/local/bin/app: line 1: syntax error"),
+        },
+        ChainCase {
+            name: "entrypoint-option-becomes-arm64-app",
+            files: vec![
+                bb(),
+                sh(),
+                F::File("/docker-entrypoint.sh", docker_library.clone(), 0o755, ROOT),
+                F::File("/usr/local/bin/app", arm64(), 0o755, ROOT),
+            ],
+            argv: &["/docker-entrypoint.sh", "--port", "80"],
+            user: None,
+            verdict: "arch_mismatch",
+            symptom: "exec format error",
+            finding: None,
+            reality: Reality::Fails(2, "/usr/local/bin/app: line 1: syntax error"),
+        },
+        ChainCase {
+            name: "entrypoint-execs-native-cmd",
+            files: vec![
+                bb(),
+                sh(),
+                F::File("/docker-entrypoint.sh", docker_library.clone(), 0o755, ROOT),
+                F::Link("/usr/local/bin/true", "/bin/busybox"),
+            ],
+            argv: &["/docker-entrypoint.sh", "true"],
+            user: None,
+            verdict: "ok",
+            symptom: "runs",
+            finding: None,
+            reality: Reality::Runs,
+        },
+        ChainCase {
+            name: "entrypoint-execs-missing-cmd",
+            files: vec![
+                bb(),
+                sh(),
+                F::File("/docker-entrypoint.sh", docker_library, 0o755, ROOT),
+            ],
+            argv: &["/docker-entrypoint.sh", "nope"],
+            user: None,
+            verdict: "not_found",
+            symptom: "no such file or directory",
+            finding: None,
+            reality: Reality::Fails(127, "nope: not found"),
+        },
+        ChainCase {
+            name: "script-execs-explicit-arm64-path",
+            files: vec![
+                bb(),
+                sh(),
+                F::File(
+                    "/start.sh",
+                    b"#!/bin/sh\nexec /usr/local/bin/server --port 8080\n".to_vec(),
+                    0o755,
+                    ROOT,
+                ),
+                F::File("/usr/local/bin/server", arm64(), 0o755, ROOT),
+            ],
+            argv: &["/start.sh"],
+            user: None,
+            verdict: "arch_mismatch",
+            symptom: "exec format error",
+            finding: None,
+            reality: Reality::Fails(2, "/usr/local/bin/server: line 1: syntax error"),
+        },
+        ChainCase {
+            name: "script-exec-under-unknown-condition",
+            files: vec![
+                bb(),
+                sh(),
+                F::File(
+                    "/start.sh",
+                    b"#!/bin/sh\nif [ -f /etc/app.conf ]; then\n  exec /usr/local/bin/server\nfi\n"
+                        .to_vec(),
+                    0o755,
+                    ROOT,
+                ),
+                F::File("/etc/app.conf", b"x=1\n".to_vec(), 0o644, ROOT),
+                F::File("/usr/local/bin/server", arm64(), 0o755, ROOT),
+            ],
+            argv: &["/start.sh"],
+            user: None,
+            verdict: "ok",
+            symptom: "runs",
+            finding: Some("exec_uncertain"),
+            reality: Reality::Fails(2, "/usr/local/bin/server: line 1: syntax error"),
+        },
+        ChainCase {
+            name: "env-wrapper-runs-arm64",
+            files: vec![
+                bb(),
+                F::Link("/usr/bin/env", "/bin/busybox"),
+                F::File("/app", arm64(), 0o755, ROOT),
+            ],
+            argv: &["/usr/bin/env", "/app"],
+            user: None,
+            verdict: "arch_mismatch",
+            symptom: "exec format error",
+            finding: None,
+            reality: Reality::Fails(127, "env: can't execute '/app'"),
+        },
+        ChainCase {
+            name: "user-0700-root-binary",
+            files: vec![F::File("/bin/true", amd64(), 0o700, ROOT)],
+            argv: &["/bin/true"],
+            user: Some((1000, 1000, &[])),
+            verdict: "not_executable",
+            symptom: "permission denied",
+            finding: None,
+            reality: Reality::Fails(1, "permission denied"),
+        },
+        ChainCase {
+            name: "user-0700-directory",
+            files: vec![
+                F::Dir("/secret", 0o700, ROOT),
+                F::File("/secret/true", amd64(), 0o755, ROOT),
+            ],
+            argv: &["/secret/true"],
+            user: Some((1000, 1000, &[])),
+            verdict: "not_executable",
+            symptom: "permission denied",
+            finding: None,
+            reality: Reality::Fails(1, "permission denied"),
+        },
+        ChainCase {
+            name: "user-owns-its-0700-binary",
+            files: vec![F::File("/bin/true", amd64(), 0o700, (1000, 1000))],
+            argv: &["/bin/true"],
+            user: Some((1000, 1000, &[])),
+            verdict: "ok",
+            symptom: "runs",
+            finding: None,
+            reality: Reality::Runs,
+        },
+        ChainCase {
+            name: "user-in-additional-group",
+            files: vec![F::File("/bin/true", amd64(), 0o750, (0, 2000))],
+            argv: &["/bin/true"],
+            user: Some((1000, 1000, &[2000])),
+            verdict: "ok",
+            symptom: "runs",
+            finding: None,
+            reality: Reality::Runs,
+        },
+        ChainCase {
+            name: "owner-bits-win-over-other",
+            files: vec![F::File("/bin/true", amd64(), 0o601, (1000, 1000))],
+            argv: &["/bin/true"],
+            user: Some((1000, 1000, &[])),
+            verdict: "not_executable",
+            symptom: "permission denied",
+            finding: None,
+            reality: Reality::Fails(1, "permission denied"),
+        },
+        ChainCase {
+            name: "root-runs-another-users-0700-binary",
+            files: vec![F::File("/bin/true", amd64(), 0o700, (1000, 1000))],
+            argv: &["/bin/true"],
+            user: None,
+            verdict: "ok",
+            symptom: "runs",
+            finding: None,
+            reality: Reality::Runs,
+        },
+        ChainCase {
+            name: "user-interpreter-0700",
+            files: vec![
+                F::File("/bin/busybox", amd64(), 0o700, ROOT),
+                sh(),
+                F::File("/run.sh", b"#!/bin/sh\ntrue\n".to_vec(), 0o755, ROOT),
+            ],
+            argv: &["/run.sh"],
+            user: Some((1000, 1000, &[])),
+            verdict: "not_executable",
+            symptom: "permission denied",
+            finding: None,
+            reality: Reality::Fails(1, "permission denied"),
+        },
+        ChainCase {
+            name: "loader-is-arm64",
+            files: vec![
+                F::File("/app", host_true.clone(), 0o755, ROOT),
+                F::File("/lib64/ld-linux-x86-64.so.2", arm64(), 0o755, ROOT),
+            ],
+            argv: &["/app"],
+            user: None,
+            verdict: "arch_mismatch",
+            symptom: "accessing a corrupted shared library",
+            finding: None,
+            reality: Reality::Fails(1, "accessing a corrupted shared library"),
+        },
+        ChainCase {
+            name: "loader-is-text",
+            files: vec![
+                F::File("/app", host_true.clone(), 0o755, ROOT),
+                F::File(
+                    "/lib64/ld-linux-x86-64.so.2",
+                    b"this is not a loader, it is a note left by a broken build step\n".repeat(2),
+                    0o755,
+                    ROOT,
+                ),
+            ],
+            argv: &["/app"],
+            user: None,
+            verdict: "unknown_format",
+            symptom: "accessing a corrupted shared library",
+            finding: None,
+            reality: Reality::Fails(1, "accessing a corrupted shared library"),
+        },
+        ChainCase {
+            name: "loader-shorter-than-a-header",
+            files: vec![
+                F::File("/app", host_true, 0o755, ROOT),
+                F::File(
+                    "/lib64/ld-linux-x86-64.so.2",
+                    b"\x7fELF\x02\x01".to_vec(),
+                    0o755,
+                    ROOT,
+                ),
+            ],
+            argv: &["/app"],
+            user: None,
+            verdict: "unknown_format",
+            symptom: "input/output error",
+            finding: None,
+            reality: Reality::Fails(1, "input/output error"),
+        },
+        ChainCase {
+            name: "shebang-empty-argument",
+            files: vec![
+                bb(),
+                sh(),
+                F::File("/run.sh", b"#!/bin/sh \0\ntrue\n".to_vec(), 0o755, ROOT),
+            ],
+            argv: &["/run.sh"],
+            user: None,
+            verdict: "ok",
+            symptom: "runs",
+            finding: Some("shebang_empty_argument"),
+            reality: Reality::Fails(2, "can't open ''"),
+        },
+        ChainCase {
+            name: "shebang-without-interpreter",
+            files: vec![bb(), F::File("/run.sh", b"#!".to_vec(), 0o755, ROOT)],
+            argv: &["/run.sh"],
+            user: None,
+            verdict: "not_a_regular_file",
+            symptom: "permission denied",
+            finding: None,
+            reality: Reality::Fails(1, "permission denied"),
+        },
+        ChainCase {
+            name: "shebang-path-ends-at-the-buffers-last-byte",
+            files: vec![
+                bb(),
+                F::File(
+                    "/run.sh",
+                    {
+                        let mut b = b"#!/".to_vec();
+                        b.extend(std::iter::repeat_n(b'a', 252));
+                        b.push(b' ');
+                        b
+                    },
+                    0o755,
+                    ROOT,
+                ),
+            ],
+            argv: &["/run.sh"],
+            user: None,
+            verdict: "script_interpreter_missing",
+            symptom: "no such file or directory",
+            finding: None,
+            reality: Reality::Fails(1, "no such file or directory"),
+        },
+    ]
+}
+
+#[test]
+fn exec_chains_users_and_loaders_match_the_kernel() {
+    let _binfmt = support::binfmt_shared();
+    let handlers = live_binfmt_handlers();
+    let no_binfmt = tempfile::tempdir().unwrap();
+    std::fs::write(no_binfmt.path().join("status"), "enabled\n").unwrap();
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for c in chain_cases() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir(&root).unwrap();
+        build_root(&root, &c.files);
+        let env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"];
+        // Files only.
+        let mut cmd = support::archwatch();
+        cmd.args(["inspect", "--json", "--node-arch", "amd64", "--rootfs"])
+            .arg(&root)
+            .arg("--binfmt-dir")
+            .arg(no_binfmt.path())
+            .args(["--env", env[0]]);
+        if let Some((u, g, groups)) = c.user {
+            cmd.args(["--user", &format!("{u}:{g}")]);
+            for gid in groups {
+                cmd.args(["--group", &gid.to_string()]);
+            }
+        }
+        let out = cmd.arg("--").args(c.argv).output().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{}: {e}: {}", c.name, String::from_utf8_lossy(&out.stderr))
+        });
+        let findings: Vec<&str> = json["findings"]
+            .as_array()
+            .map(|f| f.iter().filter_map(|x| x["code"].as_str()).collect())
+            .unwrap_or_default();
+        // Reality.
+        let user = match c.user {
+            Some((u, g, groups)) => support::runc::User::plain(u, g, groups),
+            None => support::runc::User::root(),
+        };
+        let run = support::runc::run(&root, c.argv, &env, &user);
+        report.push(format!(
+            "{:<44} archwatch {:<28} {:<38} | kernel: exit {:?}: {}",
+            c.name,
+            json["verdict"].as_str().unwrap_or("?"),
+            json["symptom"].as_str().unwrap_or("?"),
+            run.code,
+            run.output.trim().lines().last().unwrap_or("")
+        ));
+        if handlers {
+            continue;
+        }
+        let mut wrong = Vec::new();
+        if json["verdict"] != c.verdict || json["symptom"] != c.symptom {
+            wrong.push(format!(
+                "archwatch says {} / {}, expected {} / {}",
+                json["verdict"], json["symptom"], c.verdict, c.symptom
+            ));
+        }
+        if let Some(f) = c.finding {
+            if !findings.contains(&f) {
+                wrong.push(format!("finding {f} not in {findings:?}"));
+            }
+        }
+        match c.reality {
+            Reality::Runs if run.code != Some(0) => wrong.push(format!(
+                "the kernel did not run it: {:?}",
+                run.output.trim()
+            )),
+            Reality::Fails(code, words)
+                if run.code != Some(code) || !run.output.contains(words) =>
+            {
+                wrong.push(format!(
+                    "the kernel said exit {:?} {:?}, expected exit {code} with {words:?}",
+                    run.code,
+                    run.output.trim()
+                ))
+            }
+            _ => {}
+        }
+        if !wrong.is_empty() {
+            failures.push(format!("{}: {}", c.name, wrong.join("; ")));
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

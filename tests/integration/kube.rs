@@ -31,6 +31,7 @@ fn diagnosis(pod: &str) -> Diagnosis {
         chain: Vec::new(),
         findings: Vec::new(),
         bytes_read: 0,
+        suspects: Vec::new(),
     };
     let who = Identity {
         containerd_namespace: "k8s.io".into(),

@@ -453,3 +453,145 @@ fn the_fix_code_of_each_seed_scene() {
     assert!(v["fix"].as_str().unwrap().contains("index digest"), "{v:#}");
     assert!(digest.starts_with("sha256:"));
 }
+
+/// A 386 binary in an amd64 image: it runs only where the kernel has IA32 emulation, which
+/// `verify` does not assume unless told (`--compat32 yes`); `inspect` asks this machine's
+/// kernel, which runs it (runc runs the same file in e2e's ok-i386-compat).
+#[test]
+fn compat32_is_asked_not_assumed() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = layout(
+        &work.path().join("i386-in-amd64"),
+        vec![spec("amd64", None, vec![Layer(vec![bb("i386")])])],
+    );
+    let (code, v) = verify(&dir, &[]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(platform(&v, "linux/amd64")["verdict"], "arch_mismatch");
+    let (code, v) = verify(&dir, &["--compat32", "yes"]);
+    assert_eq!(code, 0, "{v:#}");
+    let p = platform(&v, "linux/amd64");
+    assert_eq!(p["verdict"], "ok");
+    assert!(
+        p["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["code"] == "compat_32bit"),
+        "{p:#}"
+    );
+
+    let root = work.path().join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::write(root.join("bin/busybox"), support::busybox("i386")).unwrap();
+    rustix::fs::chmod(
+        root.join("bin/busybox"),
+        rustix::fs::Mode::from_raw_mode(0o755),
+    )
+    .unwrap();
+    let inspect = |compat: &str| {
+        let out = support::archwatch()
+            .args(["inspect", "--json", "--compat32", compat, "--rootfs"])
+            .arg(&root)
+            .args(["--", "/bin/busybox", "true"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["verdict"].as_str().unwrap().to_string()
+    };
+    // This machine runs 386 binaries (the real kernel, not an assumption).
+    let ran = std::process::Command::new(root.join("bin/busybox"))
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(ran.success());
+    assert_eq!(inspect("auto"), "ok");
+    assert_eq!(inspect("no"), "arch_mismatch");
+    assert_eq!(inspect("yes"), "ok");
+}
+
+/// A wrong-arch tool elsewhere in PATH (a build step that downloaded the build machine's
+/// binary): the entrypoint runs, and the census names the tool.
+#[test]
+fn the_census_names_foreign_executables_in_path() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = layout(
+        &work.path().join("tool"),
+        vec![spec(
+            "amd64",
+            None,
+            vec![
+                Layer(vec![bb("amd64")]),
+                Layer(vec![Item::file(
+                    "/usr/local/bin/kubectl",
+                    support::busybox("arm64"),
+                    0o755,
+                )]),
+            ],
+        )],
+    );
+    let (code, v) = verify(&dir, &[]);
+    assert_eq!(code, 0, "{v:#}");
+    let p = platform(&v, "linux/amd64");
+    let f = p["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "foreign_executables")
+        .unwrap_or_else(|| panic!("{p:#}"));
+    assert!(
+        f["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/usr/local/bin/kubectl (linux/arm64)"),
+        "{f}"
+    );
+    let (_, v) = verify(&dir, &["--no-census"]);
+    assert!(platform(&v, "linux/amd64")["findings"]
+        .as_array()
+        .is_none_or(|a| a.iter().all(|f| f["code"] != "foreign_executables")));
+}
+
+/// The entrypoint lives in the top layer: the layers below are never decompressed (without
+/// the census, which needs every PATH directory); a bare name found only below reads them.
+#[test]
+fn lower_layers_are_read_only_when_a_path_needs_them() {
+    let work = tempfile::tempdir().unwrap();
+    // Incompressible, so the blob is as large as the file.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..(4 << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let lower = Layer(vec![
+        Item::file("/opt/data.bin", noise, 0o644),
+        Item::symlink("/usr/bin/true", "/bin/busybox"),
+    ]);
+    let mut top_entry = spec("amd64", None, vec![lower.clone(), Layer(vec![bb("amd64")])]);
+    top_entry.entrypoint = vec!["/bin/busybox".into(), "true".into()];
+    let mut bare = spec("amd64", None, vec![lower, Layer(vec![bb("amd64")])]);
+    bare.entrypoint = vec!["true".into()];
+    for (name, s, layers_read) in [("top", top_entry, 1), ("bare", bare, 2)] {
+        let dir = layout(&work.path().join(name), vec![s]);
+        let (code, v) = verify(&dir, &["--no-census"]);
+        assert_eq!(code, 0, "{name}: {v:#}");
+        let p = platform(&v, "linux/amd64");
+        assert_eq!(p["verdict"], "ok", "{name}: {p:#}");
+        assert_eq!(p["layers_read"], layers_read, "{name}: {p:#}");
+        if layers_read == 1 {
+            // The busybox layer, read twice (index, then the file's head): not the 4 MiB.
+            assert!(
+                p["blob_bytes_read"].as_u64().unwrap() < 4 << 20,
+                "{name}: {p:#}"
+            );
+        } else {
+            assert!(
+                p["blob_bytes_read"].as_u64().unwrap() > 4 << 20,
+                "{name}: {p:#}"
+            );
+        }
+    }
+}

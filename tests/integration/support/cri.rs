@@ -78,6 +78,8 @@ pub struct Container {
     pub kind: Kind,
     /// Whether the kubelet sets `io.kubernetes.container.type` (recent kubelets do).
     pub type_annotation: bool,
+    /// `securityContext.runAsUser`.
+    pub run_as_user: Option<i64>,
 }
 
 impl Container {
@@ -89,7 +91,12 @@ impl Container {
             args: Vec::new(),
             kind: Kind::Regular,
             type_annotation: true,
+            run_as_user: None,
         }
+    }
+    pub fn run_as_user(mut self, uid: i64) -> Container {
+        self.run_as_user = Some(uid);
+        self
     }
     pub fn init(mut self) -> Container {
         self.kind = Kind::Init;
@@ -433,6 +440,7 @@ impl CriLab {
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
                     namespace_options: Some(host_network()),
+                    run_as_user: c.run_as_user.map(|value| cri::Int64Value { value }),
                     ..Default::default()
                 }),
                 ..Default::default()

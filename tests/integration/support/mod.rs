@@ -9,6 +9,7 @@ pub mod cri;
 pub mod fake_api;
 pub mod manifests;
 pub mod pod;
+pub mod runc;
 
 use std::path::PathBuf;
 
