@@ -109,28 +109,34 @@ impl Inspection {
     /// shell gives when its exec fails, the first foreign files as suspects.
     pub fn add_census(&mut self, c: &Census) {
         self.bytes_read += c.bytes_read;
-        if c.foreign.is_empty() {
+        // The files of the chain are judged by the verdict already: the finding is about the
+        // others.
+        let foreign: Vec<&(String, Arch)> = c
+            .foreign
+            .iter()
+            .filter(|(p, _)| !self.chain.iter().any(|s| s.resolved.as_deref() == Some(p)))
+            .collect();
+        if foreign.is_empty() {
             return;
         }
-        let named: Vec<String> = c
-            .foreign
+        let named: Vec<String> = foreign
             .iter()
             .take(NAMED)
             .map(|(p, a)| format!("{p} (linux/{a})"))
             .collect();
-        let more = c.foreign.len().saturating_sub(NAMED);
+        let more = foreign.len().saturating_sub(NAMED);
         self.findings.push(Finding {
             code: "foreign_executables",
             detail: format!(
                 "{} of the {} executables in the image's PATH and entrypoint chain are for another architecture than linux/{}: {}{}",
-                c.foreign.len(),
+                foreign.len(),
                 c.files,
                 self.node_arch,
                 named.join(", "),
                 if more > 0 { format!(" and {more} more") } else { String::new() }
             ),
         });
-        for (p, a) in c.foreign.iter().take(SUSPECTS) {
+        for (p, a) in foreign.into_iter().take(SUSPECTS) {
             self.suspects.push(Suspect {
                 program: p.clone(),
                 verdict: Verdict::ArchMismatch,
