@@ -393,16 +393,16 @@ impl<L: Layers> Walk<'_, L> {
         }
     }
 
-    /// A directory on the way that the user may not search: EACCES.
-    fn denied(
-        &self,
-        role: Role,
-        requested: &str,
-        at: &str,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    ) -> Decision {
+    /// A directory on the way that the user may not search (EACCES): the step is recorded as
+    /// unreachable and the decision names the directory. `r` is a `Resolved::Denied`.
+    fn unreachable(&mut self, role: Role, requested: &str, r: Resolved) -> Decision {
+        let (at, mode, uid, gid) = match &r {
+            Resolved::Denied {
+                at, mode, uid, gid, ..
+            } => (at.clone(), *mode, *uid, *gid),
+            _ => (String::new(), 0, 0, 0),
+        };
+        self.push(role, requested, None, r.into_hops(), "unreachable".into());
         Decision::new(
             Verdict::NotExecutable,
             requested,
@@ -453,16 +453,7 @@ impl<L: Layers> Walk<'_, L> {
                 }
                 self.exec(Role::Argv0, argv0, entry, hops, 0, Some(&args))
             }
-            Resolved::Denied {
-                at,
-                mode,
-                uid,
-                gid,
-                hops,
-            } => {
-                self.push(Role::Argv0, argv0, None, hops, "unreachable".into());
-                Ok(self.denied(Role::Argv0, argv0, &at, mode, uid, gid))
-            }
+            d @ Resolved::Denied { .. } => Ok(self.unreachable(Role::Argv0, argv0, d)),
             Resolved::NotFound { missing, hops } => {
                 self.push(Role::Argv0, argv0, None, hops, "missing".into());
                 let cause = if !argv0.contains('/') {
@@ -802,15 +793,8 @@ impl<L: Layers> Walk<'_, L> {
         let resolved = self.root.resolve_as(&interp, self.req.cwd, Some(&who))?;
         let (ientry, hops) = match resolved {
             Resolved::Found { entry, hops } => (entry, hops),
-            Resolved::Denied {
-                at,
-                mode,
-                uid,
-                gid,
-                hops,
-            } => {
-                self.push(Role::Interpreter, &interp, None, hops, "unreachable".into());
-                return Ok(self.denied(Role::Interpreter, &interp, &at, mode, uid, gid));
+            d @ Resolved::Denied { .. } => {
+                return Ok(self.unreachable(Role::Interpreter, &interp, d));
             }
             other => {
                 let hops = other.into_hops();
@@ -1051,16 +1035,7 @@ impl<L: Layers> Walk<'_, L> {
                 // (its cause says why).
                 self.exec(Role::Exec, program, entry, hops, 0, None)
             }
-            Resolved::Denied {
-                at,
-                mode,
-                uid,
-                gid,
-                hops,
-            } => {
-                self.push(Role::Exec, program, None, hops, "unreachable".into());
-                Ok(self.denied(Role::Exec, program, &at, mode, uid, gid))
-            }
+            d @ Resolved::Denied { .. } => Ok(self.unreachable(Role::Exec, program, d)),
             other => {
                 let hops = other.into_hops();
                 self.push(Role::Exec, program, None, hops, "missing".into());
@@ -1264,23 +1239,7 @@ impl<L: Layers> Walk<'_, L> {
             Resolved::Found { entry, hops } if !lookup.path_exhausted || lookup.denied => self
                 .exec(Role::EnvTarget, &name, entry, hops, rewrites + 1, None)
                 .map(Some),
-            Resolved::Denied {
-                at,
-                mode,
-                uid,
-                gid,
-                hops,
-            } => {
-                self.push(Role::EnvTarget, &name, None, hops, "unreachable".into());
-                Ok(Some(self.denied(
-                    Role::EnvTarget,
-                    &name,
-                    &at,
-                    mode,
-                    uid,
-                    gid,
-                )))
-            }
+            d @ Resolved::Denied { .. } => Ok(Some(self.unreachable(Role::EnvTarget, &name, d))),
             other => {
                 let hops = other.into_hops();
                 self.push(Role::EnvTarget, &name, None, hops, "missing".into());
@@ -1538,23 +1497,7 @@ impl<L: Layers> Walk<'_, L> {
                     }
                 }
             }
-            Resolved::Denied {
-                at,
-                mode,
-                uid,
-                gid,
-                hops,
-            } => {
-                self.push(Role::Loader, &interp, None, hops, "unreachable".into());
-                Ok(Some(self.denied(
-                    Role::Loader,
-                    &interp,
-                    &at,
-                    mode,
-                    uid,
-                    gid,
-                )))
-            }
+            d @ Resolved::Denied { .. } => Ok(Some(self.unreachable(Role::Loader, &interp, d))),
             other => {
                 let hops = other.into_hops();
                 self.push(Role::Loader, &interp, None, hops, "missing".into());
