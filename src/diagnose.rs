@@ -185,24 +185,9 @@ impl Diagnosis {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::Arch;
 
     fn inspection(v: Verdict) -> Inspection {
-        Inspection {
-            verdict: v,
-            cause: "c".into(),
-            fix: "f".into(),
-            fix_code: FixCode::PublishMultiarch,
-            symptom: v.symptom(),
-            argv: vec!["/app".into()],
-            node_arch: Arch::Amd64,
-            binary_arch: Some(Arch::Arm64),
-            handler: None,
-            chain: Vec::new(),
-            findings: Vec::new(),
-            bytes_read: 0,
-            suspects: Vec::new(),
-        }
+        Inspection::sample(v)
     }
 
     fn exit(signal: Signal, code: Option<u32>) -> Exit {

@@ -1765,3 +1765,26 @@ pub fn inspect_bytes(data: &[u8]) -> u64 {
     }
     src.read.get()
 }
+
+#[cfg(test)]
+impl Inspection {
+    /// An inspection of `/app` with verdict `v` (binary arm64 on an amd64 node), for the
+    /// unit tests of what consumes inspections.
+    pub(crate) fn sample(v: Verdict) -> Inspection {
+        Inspection {
+            verdict: v,
+            cause: "c".into(),
+            fix: "f".into(),
+            fix_code: crate::fix::FixCode::PublishMultiarch,
+            symptom: v.symptom(),
+            argv: vec!["/app".into()],
+            node_arch: crate::platform::Arch::Amd64,
+            binary_arch: Some(crate::platform::Arch::Arm64),
+            handler: None,
+            chain: Vec::new(),
+            findings: Vec::new(),
+            bytes_read: 0,
+            suspects: Vec::new(),
+        }
+    }
+}

@@ -314,19 +314,8 @@ mod tests {
 
     fn insp(argv: Vec<String>) -> Inspection {
         Inspection {
-            verdict: Verdict::ArchMismatch,
-            cause: "c".into(),
-            fix: "f".into(),
-            fix_code: crate::fix::FixCode::PublishMultiarch,
-            symptom: Verdict::ArchMismatch.symptom(),
             argv,
-            node_arch: Arch::Amd64,
-            binary_arch: Some(Arch::Arm64),
-            handler: None,
-            chain: Vec::new(),
-            findings: Vec::new(),
-            bytes_read: 0,
-            suspects: Vec::new(),
+            ..Inspection::sample(Verdict::ArchMismatch)
         }
     }
 

@@ -238,23 +238,11 @@ fn display_rank(name: &str) -> u8 {
 mod tests {
     use super::*;
     use crate::inspect::Verdict;
-    use crate::platform::Arch;
 
     fn insp(v: Verdict) -> Arc<Inspection> {
         Arc::new(Inspection {
-            verdict: v,
-            cause: "c".into(),
-            fix: "f".into(),
-            fix_code: crate::fix::FixCode::PublishMultiarch,
-            symptom: v.symptom(),
-            argv: vec!["/app".into()],
-            node_arch: Arch::Amd64,
             binary_arch: None,
-            handler: None,
-            chain: Vec::new(),
-            findings: Vec::new(),
-            bytes_read: 0,
-            suspects: Vec::new(),
+            ..Inspection::sample(v)
         })
     }
 
