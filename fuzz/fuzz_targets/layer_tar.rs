@@ -15,6 +15,6 @@ fuzz_target!(|data: &[u8]| {
     let node = archwatch::platform::Node::with_arch(archwatch::platform::Arch::Amd64);
     let table = archwatch::binfmt::Table::empty();
     let argv = vec!["sh".to_string()];
-    let req = archwatch::inspect::Request { argv: &argv, path_env: None, cwd: "/", claimed_arch: None };
+    let req = archwatch::inspect::Request { argv: &argv, path_env: None, cwd: "/", claimed_arch: None, user: None };
     let _ = archwatch::inspect::inspect(&root, &req, archwatch::inspect::Context { node: &node, binfmt: &table });
 });
