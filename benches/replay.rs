@@ -37,7 +37,8 @@ fn main() {
     let work = tempfile::tempdir().expect("tempdir");
     let journal = work.path().join("journal.jsonl");
     let cfg = Config {
-        address: work.path().join("no-containerd.sock"),
+        address: Some(work.path().join("no-containerd.sock")),
+        docker_host: None,
         namespaces: Vec::new(),
         listen: None,
         node_name: "bench".into(),

@@ -49,6 +49,7 @@ use crate::sinks::journal::Journal;
 use crate::sinks::kube_events;
 use crate::sinks::metrics::{self, Metrics};
 
+mod docker;
 mod emulation;
 mod jobs;
 
@@ -60,7 +61,10 @@ use jobs::{
 /// Everything the agent is told on the command line.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub address: PathBuf,
+    /// containerd's socket; `None` (`--address off`) when there is no containerd to follow.
+    pub address: Option<PathBuf>,
+    /// Docker Engine to follow (`unix://…`, `tcp://…`), if any.
+    pub docker_host: Option<String>,
     /// Namespaces to watch; empty means all.
     pub namespaces: Vec<String>,
     pub listen: Option<SocketAddr>,
@@ -152,6 +156,7 @@ enum Record<'a> {
     Image {
         diagnosed_at: DateTime<Utc>,
         node: &'a str,
+        runtime: crate::diagnose::Runtime,
         namespace: &'a str,
         image: &'a str,
         digest: &'a str,
@@ -176,6 +181,16 @@ enum Input {
     },
     Event(Envelope),
     Disconnected,
+    /// A fresh connection to Docker Engine, with every container id and image name it
+    /// lists right after subscribing.
+    DockerReconciled {
+        client: crate::docker::Client,
+        containers: Vec<String>,
+        images: Vec<String>,
+    },
+    DockerDisconnected,
+    /// Docker's image names after an image event.
+    DockerImages(Vec<String>),
     /// Answered once every job started so far has finished (a replay's end).
     Drained(tokio::sync::oneshot::Sender<()>),
 }
@@ -428,19 +443,40 @@ pub async fn run_fed(
     ));
 
     let (tx, rx) = mpsc::channel::<Input>(1024);
-    let watcher = match feed {
-        Feed::Containerd => tokio::spawn(watch_containerd(
-            cfg.clone(),
+    let mut watchers = Vec::new();
+    if let Some(host) = &cfg.docker_host {
+        info!(host = %host, "Following Docker Engine.");
+        watchers.push(tokio::spawn(docker::watch(
+            host.clone(),
             metrics.clone(),
-            live.clone(),
-            tx,
+            live.runtime("docker"),
+            tx.clone(),
             stop.clone(),
-        )),
-        Feed::Replay(r) => {
-            live.connected();
-            tokio::spawn(replay_feed(cfg.clone(), metrics.clone(), r, tx))
+        )));
+    }
+    match feed {
+        Feed::Containerd => {
+            if let Some(address) = cfg.address.clone() {
+                watchers.push(tokio::spawn(watch_containerd(
+                    cfg.clone(),
+                    address,
+                    metrics.clone(),
+                    live.runtime("containerd"),
+                    tx,
+                    stop.clone(),
+                )));
+            }
         }
-    };
+        Feed::Replay(r) => {
+            live.runtime("containerd").connected();
+            watchers.push(tokio::spawn(replay_feed(
+                cfg.clone(),
+                metrics.clone(),
+                r,
+                tx,
+            )));
+        }
+    }
     let mut events = None;
     let mut publisher = None;
     if let Some(client) = kube_events::client(
@@ -484,7 +520,9 @@ pub async fn run_fed(
     };
     pipeline(cfg, rx, sinks, binfmt_rx, ready, stop.clone()).await;
 
-    let _ = watcher.await;
+    for w in watchers {
+        let _ = w.await;
+    }
     let _ = binfmt_task.await;
     if let Some(a) = api_server {
         let _ = a.await;
@@ -554,8 +592,11 @@ async fn poll_binfmt(
     }
 }
 
+/// Whether the containerd side follows namespace `ns`: Docker's own (`moby`) is followed
+/// through Docker when the agent follows Docker.
 fn wanted(cfg: &Config, ns: &str) -> bool {
-    cfg.namespaces.is_empty() || cfg.namespaces.iter().any(|n| n == ns)
+    (cfg.namespaces.is_empty() || cfg.namespaces.iter().any(|n| n == ns))
+        && !(cfg.docker_host.is_some() && ns == crate::docker::NAMESPACE)
 }
 
 /// Connect, subscribe, list, forward; on any failure back off (capped, jittered) and redo.
@@ -563,6 +604,7 @@ fn wanted(cfg: &Config, ns: &str) -> bool {
 /// restarts now and then is reconnected within a second each time, not after the cap.
 async fn watch_containerd(
     cfg: Config,
+    address: PathBuf,
     metrics: Metrics,
     live: Liveness,
     tx: mpsc::Sender<Input>,
@@ -574,6 +616,7 @@ async fn watch_containerd(
         let mut connected = false;
         match session(
             &cfg,
+            &address,
             &metrics,
             &live,
             &tx,
@@ -590,7 +633,7 @@ async fn watch_containerd(
                 let _ = tx.send(Input::Disconnected).await;
                 // One line per outage, not one per failed attempt.
                 if connected || attempt == 0 {
-                    warn!(error = %e, address = %cfg.address.display(), "containerd connection lost; reconnecting.");
+                    warn!(error = %e, address = %address.display(), "containerd connection lost; reconnecting.");
                 } else {
                     debug!(error = %e, attempt, "containerd still unreachable.");
                 }
@@ -624,8 +667,10 @@ fn backoff(attempt: u32, jitter: f64) -> Duration {
 /// the call cannot be awaited before listing. It is sent first, on the same connection, and
 /// awaited after the listing; the handler registers the subscriber on arrival, before the
 /// list calls that follow it are answered.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &Config,
+    address: &std::path::Path,
     metrics: &Metrics,
     live: &Liveness,
     tx: &mpsc::Sender<Input>,
@@ -633,7 +678,7 @@ async fn session(
     reconnecting: bool,
     connected: &mut bool,
 ) -> Result<(), ContainerdError> {
-    let client = Client::connect(&cfg.address, Duration::from_secs(5))
+    let client = Client::connect(address, Duration::from_secs(5))
         .await?
         .with_lease_ttl(cfg.view_lease_ttl);
     let sub_client = client.clone();
@@ -649,7 +694,7 @@ async fn session(
     }
     live.connected();
     *connected = true;
-    info!(address = %cfg.address.display(), containers = listing.containers.len(), images = listing.images.len(), "Connected to containerd.");
+    info!(address = %address.display(), containers = listing.containers.len(), images = listing.images.len(), "Connected to containerd.");
     if tx
         .send(Input::Reconciled {
             client: Lookup::Live(client.clone()),
@@ -781,6 +826,8 @@ struct Pipeline {
     cfg: Config,
     tracker: Tracker,
     client: Option<Lookup>,
+    /// Docker Engine while connected (with `--docker-host`).
+    docker: Option<crate::docker::Client>,
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
     binfmt: watch::Receiver<Arc<Table>>,
     /// Image verdicts by content, however many names point at it.
@@ -822,6 +869,7 @@ async fn pipeline(
         tracker,
         cfg,
         client: None,
+        docker: None,
         drained: Vec::new(),
         binfmt,
         images,
@@ -876,18 +924,88 @@ impl Pipeline {
         match input {
             Input::Disconnected => {
                 self.client = None;
-                self.ready.set(false);
+                self.update_ready();
                 self.sinks.api.set_connected(false, false);
             }
             Input::Reconciled { client, listing } => {
                 self.client = Some(client);
                 self.reconcile(*listing);
-                self.ready.set(true);
+                self.update_ready();
                 self.sinks.api.set_connected(true, true);
             }
+            Input::DockerDisconnected => {
+                self.docker = None;
+                self.update_ready();
+            }
+            Input::DockerReconciled {
+                client,
+                containers,
+                images,
+            } => {
+                self.docker = Some(client);
+                self.reconcile_docker(containers, images);
+                self.update_ready();
+            }
+            Input::DockerImages(names) => self.docker_images(names),
             Input::Event(env) => self.event(env),
             Input::Drained(t) => self.drained.push(t),
         }
+    }
+
+    /// Ready when every runtime the agent follows is connected and listed.
+    fn update_ready(&mut self) {
+        let containerd = self.cfg.address.is_none() || self.client.is_some();
+        let docker = self.cfg.docker_host.is_none() || self.docker.is_some();
+        self.ready.set(containerd && docker);
+    }
+
+    /// In scope of the containerd side's reconcile: every namespace but Docker's when Docker
+    /// is followed.
+    fn containerd_scope(&self) -> impl Fn(&str) -> bool {
+        let docker = self.cfg.docker_host.is_some();
+        move |ns: &str| !(docker && ns == crate::docker::NAMESPACE)
+    }
+
+    /// What Docker lists right after subscribing: containers not seen yet are judged, with
+    /// what became of them (one that died while the agent was away is reported from its
+    /// record); what went is forgotten; image names are reconciled.
+    fn reconcile_docker(&mut self, containers: Vec<String>, images: Vec<String>) {
+        let now = Utc::now();
+        let ns = crate::docker::NAMESPACE;
+        let keys: Vec<Key> = containers
+            .into_iter()
+            .map(|id| Key {
+                namespace: ns.to_string(),
+                id,
+            })
+            .collect();
+        let seen: HashSet<Key> = keys.iter().cloned().collect();
+        let again: HashSet<Key> = self
+            .tracker
+            .reconciled_in(&seen, |k| k.namespace == ns)
+            .into_iter()
+            .collect();
+        for key in keys {
+            if again.contains(&key) || self.tracker.container_created(key.clone(), now) {
+                self.identify(key, None, None, true);
+            }
+        }
+        self.docker_images(images);
+    }
+
+    /// Docker's image names now: new ones are judged, gone ones forgotten.
+    fn docker_images(&mut self, names: Vec<String>) {
+        let ns = crate::docker::NAMESPACE;
+        let listed: Vec<(String, String)> =
+            names.into_iter().map(|n| (ns.to_string(), n)).collect();
+        for (ns, name) in self.images.reconciled_in(&listed, |n| n == ns) {
+            self.inspect_image(ns, name);
+        }
+        let images = &self.images;
+        self.sinks
+            .api
+            .retain_images(|ns, digest| images.display_name(ns, digest).is_some());
+        self.update_image_gauge();
     }
 
     fn reconcile(&mut self, l: Listing) {
@@ -913,7 +1031,12 @@ impl Pipeline {
             .collect();
         // What went while the agent was away goes from every bit of state; what a dropped
         // connection left unjudged is judged again.
-        let again: HashSet<Key> = self.tracker.reconciled(&seen).into_iter().collect();
+        let scope = self.containerd_scope();
+        let again: HashSet<Key> = self
+            .tracker
+            .reconciled_in(&seen, |k| scope(&k.namespace))
+            .into_iter()
+            .collect();
         for (ns, c) in l.containers {
             let key = Key {
                 namespace: ns,
@@ -945,7 +1068,8 @@ impl Pipeline {
                 _ => self.tracker.task_created(&key),
             }
         }
-        for (ns, name) in self.images.reconciled(&l.images) {
+        let scope = self.containerd_scope();
+        for (ns, name) in self.images.reconciled_in(&l.images, scope) {
             self.inspect_image(ns, name);
         }
         let images = &self.images;
@@ -1038,6 +1162,20 @@ impl Pipeline {
         rootfs: Option<Vec<containerd_client::types::Mount>>,
         ask_history: bool,
     ) {
+        if docker::is_docker(&self.cfg, &key.namespace) {
+            let Some(client) = self.docker.clone() else {
+                return;
+            };
+            let containerd = self.live_containerd();
+            let errors = self.sinks.metrics.inspection_errors.clone();
+            let bounds = self.bounds.clone();
+            let job_key = key.clone();
+            self.spawn_container_job(job_key, async move {
+                let _permit = bounds.lookup().await;
+                docker::identify(&client, containerd.as_ref(), key, ask_history, &errors).await
+            });
+            return;
+        }
         let Some(client) = self.client.clone() else {
             // Judged at the next reconcile.
             return;
@@ -1049,6 +1187,14 @@ impl Pipeline {
             let _permit = bounds.lookup().await;
             identify_job(&client, key, record, rootfs, ask_history, &errors).await
         });
+    }
+
+    /// The live containerd client, if the agent follows one.
+    fn live_containerd(&self) -> Option<Client> {
+        match &self.client {
+            Some(Lookup::Live(c)) => Some(c.clone()),
+            _ => None,
+        }
     }
 
     /// Spawns a job about container `key`, marked under way in its record until it
@@ -1271,9 +1417,15 @@ impl Pipeline {
                 ));
             }
         }
+        let runtime = if docker::is_docker(&self.cfg, ns) {
+            crate::diagnose::Runtime::Docker
+        } else {
+            crate::diagnose::Runtime::Containerd
+        };
         self.sinks.write(&Record::Image {
             diagnosed_at: Utc::now(),
             node: &node,
+            runtime,
             namespace: ns,
             image: name,
             digest,
@@ -1319,9 +1471,11 @@ impl Pipeline {
         let m = self.sinks.metrics.clone();
         let bounds = self.bounds.clone();
         let job_key = key.clone();
-        let live = match &self.client {
-            Some(Lookup::Live(c)) => Some(c.clone()),
-            _ => None,
+        // Docker's containers have no containerd image to tell the variant by.
+        let live = if docker::is_docker(&self.cfg, &key.namespace) {
+            None
+        } else {
+            self.live_containerd()
         };
         self.spawn_container_job(job_key, async move {
             let ns = key.namespace.as_str();
@@ -1337,7 +1491,8 @@ impl Pipeline {
             let claimed = origin
                 .as_ref()
                 .and_then(|o| o.config.as_ref())
-                .and_then(|c| c.arch());
+                .and_then(|c| c.arch())
+                .or(from.claimed);
             let permit = bounds.container().await;
             // The table as it is when the inspection starts, not when it was queued.
             let table = binfmt.borrow().clone();
@@ -1382,6 +1537,20 @@ impl Pipeline {
 
     /// Resolves an image name to its target digest; the content is judged once per digest.
     fn inspect_image(&mut self, ns: String, name: String) {
+        if docker::is_docker(&self.cfg, &ns) {
+            let Some(client) = self.docker.clone() else {
+                return;
+            };
+            if !self.images.want((ns.clone(), name.clone())) {
+                return;
+            }
+            let bounds = self.bounds.clone();
+            self.jobs.spawn(async move {
+                let _permit = bounds.lookup().await;
+                Some(docker::image_named(&client, ns, name).await)
+            });
+            return;
+        }
         // A recording carries no image content: images are judged live only.
         let Some(Lookup::Live(client)) = self.client.clone() else {
             return;
@@ -1407,6 +1576,33 @@ impl Pipeline {
 
     /// Inspects the content `digest` through one of its names.
     fn spawn_image_job(&mut self, ns: String, name: String, expected: String) {
+        if docker::is_docker(&self.cfg, &ns) {
+            let Some(client) = self.docker.clone() else {
+                self.images.judged(&expected, None);
+                return;
+            };
+            let containerd = self.live_containerd();
+            let job = docker::ImageJob {
+                node: self.cfg.node.clone(),
+                binfmt: self.binfmt.clone(),
+                timeout: self.cfg.inspect_timeout,
+                metrics: self.sinks.metrics.clone(),
+                bounds: self.bounds.clone(),
+            };
+            self.jobs.spawn(async move {
+                let outcome = AssertUnwindSafe(job.run(&client, containerd.as_ref(), &name))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or(ImageOutcome::Failed);
+                Some(Done::Image {
+                    ns,
+                    name,
+                    expected,
+                    outcome,
+                })
+            });
+            return;
+        }
         let Some(Lookup::Live(client)) = self.client.clone() else {
             self.images.judged(&expected, None);
             return;

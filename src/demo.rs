@@ -171,7 +171,8 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
     let agent_stop = stop.child_token();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let cfg = crate::agent::Config {
-        address: ctd.socket.clone(),
+        address: Some(ctd.socket.clone()),
+        docker_host: None,
         namespaces: vec![NS.into()],
         listen: Some(([127, 0, 0, 1], 0).into()),
         node_name: uname.nodename().to_string_lossy().into_owned(),

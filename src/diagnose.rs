@@ -34,6 +34,32 @@ pub struct Identity {
     /// The CRI attempt number: the kubelet's restart count of this container.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// Which runtime runs the container.
+    pub runtime: Runtime,
+    /// Docker Compose's project and service labels (`com.docker.compose.project`,
+    /// `com.docker.compose.service`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compose_project: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compose_service: Option<String>,
+}
+
+/// The container runtime a container was seen through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    #[default]
+    Containerd,
+    Docker,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Containerd => "containerd",
+            Runtime::Docker => "docker",
+        }
+    }
 }
 
 /// A container's place in the pod spec.
@@ -70,11 +96,19 @@ impl ContainerType {
 }
 
 impl Identity {
-    /// The namespace an SRE filters on: the pod's, else containerd's.
+    /// The namespace an SRE filters on: the pod's; on Docker the compose project, else
+    /// `docker`; else containerd's.
     pub fn namespace(&self) -> &str {
-        self.pod_namespace
-            .as_deref()
-            .unwrap_or(&self.containerd_namespace)
+        if let Some(ns) = self.pod_namespace.as_deref() {
+            return ns;
+        }
+        match self.runtime {
+            Runtime::Docker => self
+                .compose_project
+                .as_deref()
+                .unwrap_or(crate::docker::DEFAULT_NAMESPACE),
+            Runtime::Containerd => &self.containerd_namespace,
+        }
     }
 }
 

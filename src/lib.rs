@@ -23,6 +23,7 @@ pub mod binfmt;
 pub mod containerd;
 pub mod demo;
 pub mod diagnose;
+pub mod docker;
 pub mod fix;
 pub mod image;
 pub mod inspect;

@@ -103,9 +103,14 @@ struct DemoArgs {
 
 #[derive(Args)]
 struct AgentArgs {
-    /// containerd socket.
+    /// containerd socket; `off` when there is no containerd to follow (a Docker host with
+    /// --docker-host).
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     address: PathBuf,
+    /// Docker Engine to follow as well (unix:///var/run/docker.sock, tcp://HOST:PORT);
+    /// `off` or unset: none.
+    #[arg(long, env = "DOCKER_HOST")]
+    docker_host: Option<String>,
     /// Namespace to watch (repeatable); default: all (k8s.io, moby, default, ...).
     #[arg(long = "namespace")]
     namespaces: Vec<String>,
@@ -176,6 +181,14 @@ struct InspectArgs {
     /// An image in containerd (its files are read through a read-only snapshot view).
     #[arg(long, conflicts_with = "rootfs")]
     image: Option<String>,
+    /// A container, live or dead, by ID or name: on Docker Engine with --docker-host (or
+    /// DOCKER_HOST), else in containerd (--address, --namespace). Its command, environment,
+    /// working directory, user and layers are the record's.
+    #[arg(long, value_name = "ID|NAME", conflicts_with_all = ["rootfs", "layers", "image"])]
+    container: Option<String>,
+    /// Docker Engine, with --container (unix:///var/run/docker.sock, tcp://HOST:PORT).
+    #[arg(long, env = "DOCKER_HOST")]
+    docker_host: Option<String>,
     /// containerd socket, with --image.
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     address: PathBuf,
@@ -314,7 +327,7 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
         Some(c) => Some(Arch::parse(c).with_context(|| format!("unknown architecture {c:?}"))?),
         None => None,
     };
-    let user = match &a.user {
+    let mut user = match &a.user {
         Some(u) => {
             let mut c = archwatch::rootfs::Creds::parse(u)
                 .with_context(|| format!("--user wants UID[:GID] (numbers), got {u:?}"))?;
@@ -328,6 +341,19 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
     // With --image: the files come from a read-only view of the image's top snapshot.
     let mut view = None;
     let layers: Vec<PathBuf> = match (&a.rootfs, &a.layers, &a.image) {
+        _ if a.container.is_some() => {
+            let c = container_record(&a)?;
+            if argv.is_empty() {
+                argv = c.process.argv;
+            }
+            path_env = path_env.or(c.process.path_env);
+            cwd = cwd.or(Some(c.process.cwd));
+            claimed_arch = claimed_arch.or(c.claimed);
+            if a.user.is_none() {
+                user = c.process.user;
+            }
+            c.layers
+        }
         (Some(r), None, None) => vec![r.clone()],
         (None, Some(l), None) => l
             .split(':')
@@ -365,7 +391,7 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
             layers
         }
         _ => bail!(
-            "give the container root with --rootfs DIR, --layers TOP:...:BOTTOM or --image REF"
+            "give the container root with --rootfs DIR, --layers TOP:...:BOTTOM, --image REF or --container ID|NAME"
         ),
     };
     // How the layers are read: a resolver override that cannot work, or opaque overlay
@@ -407,6 +433,82 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<u8> {
         print!("{}", report::inspection(&result, &node));
     }
     Ok(u8::try_from(result.verdict.exit_code()).unwrap_or(1))
+}
+
+/// A container's record, as `inspect --container` judges it.
+struct ContainerRecord {
+    process: archwatch::pipeline::Process,
+    layers: Vec<PathBuf>,
+    claimed: Option<Arch>,
+}
+
+/// Reads `--container` from Docker Engine (with a Docker host) or containerd.
+fn container_record(a: &InspectArgs) -> anyhow::Result<ContainerRecord> {
+    let id = a.container.as_deref().unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let timeout = std::time::Duration::from_secs(10);
+    let docker_host = a
+        .docker_host
+        .as_deref()
+        .filter(|h| !h.is_empty() && *h != "off");
+    rt.block_on(async {
+        if let Some(host) = docker_host {
+            let client = archwatch::docker::Client::connect(host, timeout).await?;
+            let c = client.container(id).await?;
+            let layers = match &c.layers {
+                Ok(archwatch::docker::Layers::Dirs(d)) => d.clone(),
+                Ok(archwatch::docker::Layers::Snapshot { snapshotter, key }) => {
+                    let ctd = archwatch::containerd::Client::connect(&a.address, timeout).await?;
+                    ctd.snapshot_layers(archwatch::docker::NAMESPACE, snapshotter, key)
+                        .await?
+                }
+                Err(e) => bail!("container {id}: {e}"),
+            };
+            let mut process = c.process.clone();
+            if let Some(name) = &c.user_name {
+                let root = Rootfs::new(layers.clone())?;
+                let ids = inspect::user_in_image(&root, name)?.with_context(|| {
+                    format!("container {id}: user {name:?} is not in its image's /etc/passwd")
+                })?;
+                process.user = Some(archwatch::docker::docker_creds(ids, c.caps));
+            } else if process.user.is_none() {
+                process.user = Some(archwatch::docker::docker_creds(
+                    archwatch::rootfs::Creds::root(),
+                    c.caps,
+                ));
+            }
+            let claimed = match client.image(&c.image_id).await {
+                Ok(i) => i
+                    .architecture
+                    .as_deref()
+                    .and_then(|x| Arch::from_oci(x, i.variant.as_deref())),
+                Err(_) => None,
+            };
+            return Ok(ContainerRecord {
+                process,
+                layers,
+                claimed,
+            });
+        }
+        let client = archwatch::containerd::Client::connect(&a.address, timeout).await?;
+        let c = client.container(&a.namespace, id).await?;
+        let spec = archwatch::containerd::spec_process(&c)?;
+        let layers = client
+            .snapshot_layers(&a.namespace, &c.snapshotter, &c.snapshot_key)
+            .await?;
+        Ok(ContainerRecord {
+            process: archwatch::pipeline::Process {
+                argv: spec.args,
+                path_env: spec.path_env,
+                cwd: spec.cwd,
+                user: Some(spec.user),
+            },
+            layers,
+            claimed: None,
+        })
+    })
 }
 
 fn inspect_layers(
@@ -515,8 +617,14 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
             )
         })?)
     };
+    let address = (a.address.as_os_str() != "off").then_some(a.address);
+    let docker_host = a.docker_host.filter(|h| !h.is_empty() && h != "off");
+    if address.is_none() && docker_host.is_none() {
+        anyhow::bail!("--address off needs --docker-host: the agent has no runtime to follow");
+    }
     let cfg = archwatch::agent::Config {
-        address: a.address,
+        address,
+        docker_host,
         namespaces: a.namespaces,
         listen,
         node_name,

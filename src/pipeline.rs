@@ -334,10 +334,20 @@ impl Tracker {
     /// not be read, or whose job was lost; each is judged again once (it waits as pending,
     /// so that an exit listed now waits for that verdict).
     pub fn reconciled(&mut self, listed: &HashSet<Key>) -> Vec<Key> {
-        self.store.retain(|k, _| listed.contains(k));
-        self.reported.retain(|k| listed.contains(k));
+        self.reconciled_in(listed, |_| true)
+    }
+
+    /// [`Tracker::reconciled`] for one runtime: only keys `scope` accepts are its to prune
+    /// and judge again (another runtime's containers are listed by that runtime).
+    pub fn reconciled_in(
+        &mut self,
+        listed: &HashSet<Key>,
+        scope: impl Fn(&Key) -> bool,
+    ) -> Vec<Key> {
+        self.store.retain(|k, _| !scope(k) || listed.contains(k));
+        self.reported.retain(|k| !scope(k) || listed.contains(k));
         let mut again = Vec::new();
-        for (k, c) in self.store.iter() {
+        for (k, c) in self.store.iter().filter(|(k, _)| scope(k)) {
             let unjudged = match c.judgement {
                 Judgement::Pending => !c.in_flight,
                 Judgement::Failed { retry } => retry,

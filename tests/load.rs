@@ -92,7 +92,8 @@ fn fifty_failures_a_second_stay_bounded_lose_nothing_and_respect_the_api() {
     let journal = work.path().join("journal.jsonl");
     let queue = 1024;
     let cfg = Config {
-        address: work.path().join("no-containerd.sock"),
+        address: Some(work.path().join("no-containerd.sock")),
+        docker_host: None,
         namespaces: Vec::new(),
         listen: Some(([127, 0, 0, 1], 0).into()),
         node_name: "load-node".into(),

@@ -1031,7 +1031,8 @@ fn load_fifty_failures_a_second_through_faults() {
     let flapper = Arc::new(Mutex::new(binfmt::Flapper::new(false)));
     let journal = work.path().join("journal.jsonl");
     let cfg = archwatch::agent::Config {
-        address: work.path().join("no-containerd.sock"),
+        address: Some(work.path().join("no-containerd.sock")),
+        docker_host: None,
         namespaces: Vec::new(),
         listen: Some(([127, 0, 0, 1], 0).into()),
         node_name: "soak-node".into(),

@@ -68,6 +68,9 @@ pub(super) struct FromImage {
     pub(super) image: String,
     /// The parent of the container's snapshot: the chain ID of the image layers.
     pub(super) parent: Option<String>,
+    /// The architecture the image's config claims, when the runtime's record says it (a
+    /// containerd container's is read from the variant it runs).
+    pub(super) claimed: Option<crate::platform::Arch>,
 }
 
 /// Why a container or image could not be inspected.
@@ -248,6 +251,7 @@ pub(super) async fn identify_job(
         image_digest: digest.clone(),
         container_type: meta.container_type,
         attempt: meta.attempt,
+        ..Identity::default()
     };
     let process = Process {
         argv: spec.args,
@@ -274,6 +278,7 @@ pub(super) async fn identify_job(
         from: FromImage {
             image: c.image.clone(),
             parent,
+            claimed: None,
         },
     }
 }

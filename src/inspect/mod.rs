@@ -1159,30 +1159,9 @@ impl<L: Layers> Walk<'_, L> {
     /// gosu / su-exec user specs: `uid[:gid]` or names from the image's /etc/passwd and
     /// /etc/group. Without capabilities after the switch (a non-root uid keeps none).
     fn user_by_spec(&mut self, spec: &str) -> Result<Option<Creds>, InspectError> {
-        let (u, g) = match spec.split_once(':') {
-            Some((u, g)) => (u, Some(g)),
-            None => (spec, None),
-        };
         let passwd = self.small_file("/etc/passwd")?;
         let group = self.small_file("/etc/group")?;
-        let uid_gid = match u.parse::<u32>() {
-            Ok(uid) => Some((uid, passwd_gid(&passwd, |f| f[2] == u).unwrap_or(uid), None)),
-            Err(_) => passwd_entry(&passwd, u),
-        };
-        let Some((uid, mut gid, name)) = uid_gid else {
-            return Ok(None);
-        };
-        if let Some(g) = g {
-            gid = match g.parse::<u32>() {
-                Ok(x) => x,
-                Err(_) => match group_gid(&group, g) {
-                    Some(x) => x,
-                    None => return Ok(None),
-                },
-            };
-        }
-        let groups = name.map(|n| member_of(&group, &n)).unwrap_or_default();
-        Ok(Some(Creds::with_ids(uid, gid, groups)))
+        Ok(user_from_files(spec, &passwd, &group))
     }
 
     /// A small file of the image (at most 64 KiB), empty when absent.
@@ -1567,6 +1546,53 @@ fn skip_options(args: &[String], with_value: &[&str]) -> Vec<String> {
         };
     }
     args.get(i..).map(<[String]>::to_vec).unwrap_or_default()
+}
+
+/// A user spec (`name|uid[:group|gid]`) resolved with an image's /etc/passwd and
+/// /etc/group: `None` when a name is not there. Without capabilities for a non-root uid.
+pub fn user_from_files(spec: &str, passwd: &str, group: &str) -> Option<Creds> {
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let (uid, mut gid, name) = match u.parse::<u32>() {
+        Ok(uid) => (uid, passwd_gid(passwd, |f| f[2] == u).unwrap_or(uid), None),
+        Err(_) => passwd_entry(passwd, u)?,
+    };
+    if let Some(g) = g {
+        gid = match g.parse::<u32>() {
+            Ok(x) => x,
+            Err(_) => group_gid(group, g)?,
+        };
+    }
+    let groups = name.map(|n| member_of(group, &n)).unwrap_or_default();
+    Some(Creds::with_ids(uid, gid, groups))
+}
+
+/// [`user_from_files`] with the files of `root` (at most 64 KiB of each, read confined).
+pub fn user_in_image<L: Layers>(
+    root: &Stack<L>,
+    spec: &str,
+) -> Result<Option<Creds>, InspectError> {
+    let read = |path: &str| -> Result<String, InspectError> {
+        let Resolved::Found { entry, .. } = root.resolve(path, "/")? else {
+            return Ok(String::new());
+        };
+        if entry.kind != FileKind::Regular {
+            return Ok(String::new());
+        }
+        let src = root.open_file(&entry)?;
+        let bytes = read_vec(&src, 0, 64 * 1024).map_err(|source| InspectError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    Ok(user_from_files(
+        spec,
+        &read("/etc/passwd")?,
+        &read("/etc/group")?,
+    ))
 }
 
 /// `(uid, gid, name)` of a /etc/passwd user by name.

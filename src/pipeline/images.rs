@@ -142,8 +142,14 @@ impl Images {
     /// warnings of content no name points at any more). Returns the names to look up: new
     /// ones, and those of content not judged yet (an inspection that failed is tried again).
     pub fn reconciled(&mut self, listed: &[Name]) -> Vec<Name> {
+        self.reconciled_in(listed, |_| true)
+    }
+
+    /// [`Images::reconciled`] for one runtime: only names in namespaces `scope` accepts
+    /// are its to prune.
+    pub fn reconciled_in(&mut self, listed: &[Name], scope: impl Fn(&str) -> bool) -> Vec<Name> {
         let keep: HashSet<&Name> = listed.iter().collect();
-        self.names.retain(|n, _| keep.contains(n));
+        self.names.retain(|n, _| !scope(&n.0) || keep.contains(n));
         let live: HashSet<String> = self.names.values().cloned().collect();
         let gone: Vec<String> = self
             .verdicts

@@ -106,6 +106,9 @@ impl ApiState {
                 .iter()
                 .map(|f| format!("{}: {}", f.code, f.detail))
                 .collect(),
+            runtime: d.identity.runtime.as_str().into(),
+            compose_project: d.identity.compose_project.clone().unwrap_or_default(),
+            compose_service: d.identity.compose_service.clone().unwrap_or_default(),
         });
         if ring.items.len() >= REPLAY_MAX {
             ring.items.pop_front();

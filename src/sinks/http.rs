@@ -8,6 +8,7 @@
 //! The bound is generous (`--unhealthy-after-secs`): a containerd restart or upgrade takes
 //! seconds and the agent reconnects by itself well before it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,41 +35,61 @@ impl Readiness {
     }
 }
 
-/// Since when the agent has been without containerd (`None` while connected), and how long
-/// that may last before `/healthz` fails.
+/// Since when the agent has been without each runtime it follows (`None` while connected),
+/// and how long that may last before `/healthz` fails.
 #[derive(Clone)]
 pub struct Liveness {
-    since: Arc<Mutex<Option<Instant>>>,
+    parts: Arc<Mutex<BTreeMap<&'static str, Option<Instant>>>>,
+    name: &'static str,
     bound: Duration,
 }
 
 impl Liveness {
-    /// Starts disconnected: an agent that never reaches containerd goes unhealthy too.
+    /// Follows no runtime yet: [`Liveness::runtime`] adds one.
     pub fn new(bound: Duration) -> Liveness {
         Liveness {
-            since: Arc::new(Mutex::new(Some(Instant::now()))),
+            parts: Arc::default(),
+            name: "",
             bound,
         }
     }
 
+    /// The part for runtime `name`, shared with this one. Starts disconnected: an agent that
+    /// never reaches a runtime it follows goes unhealthy too.
+    pub fn runtime(&self, name: &'static str) -> Liveness {
+        self.lock()
+            .entry(name)
+            .or_insert_with(|| Some(Instant::now()));
+        Liveness {
+            parts: self.parts.clone(),
+            name,
+            bound: self.bound,
+        }
+    }
+
     pub fn connected(&self) {
-        *self.lock() = None;
+        self.lock().insert(self.name, None);
     }
 
     /// Marks the start of a disconnection (a later call keeps the first time).
     pub fn disconnected(&self) {
-        self.lock().get_or_insert_with(Instant::now);
+        self.lock()
+            .entry(self.name)
+            .or_default()
+            .get_or_insert_with(Instant::now);
     }
 
-    /// How long the agent has been without containerd beyond the bound, if it has.
-    pub fn overdue(&self) -> Option<Duration> {
-        let since = (*self.lock())?;
-        let gone = since.elapsed();
-        (gone > self.bound).then_some(gone)
+    /// The runtime the agent has been without beyond the bound, and for how long, if any.
+    pub fn overdue(&self) -> Option<(&'static str, Duration)> {
+        self.lock()
+            .iter()
+            .filter_map(|(name, since)| Some((*name, (*since)?.elapsed())))
+            .filter(|(_, gone)| *gone > self.bound)
+            .max_by_key(|(_, gone)| *gone)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.since.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Option<Instant>>> {
+        self.parts.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -96,10 +117,10 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     match s.live.overdue() {
         None => (StatusCode::OK, "ok\n".to_string()),
-        Some(gone) => (
+        Some((runtime, gone)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "unhealthy: not connected to containerd for {} s\n",
+                "unhealthy: not connected to {runtime} for {} s\n",
                 gone.as_secs()
             ),
         ),
@@ -153,7 +174,9 @@ mod tests {
 
     #[test]
     fn liveness_fails_only_after_the_bound_and_recovers_on_reconnect() {
-        let l = Liveness::new(Duration::from_millis(30));
+        let all = Liveness::new(Duration::from_millis(30));
+        assert_eq!(all.overdue(), None, "following nothing, nothing is missed");
+        let l = all.runtime("containerd");
         assert_eq!(l.overdue(), None, "a fresh agent has time to connect");
         std::thread::sleep(Duration::from_millis(40));
         assert!(l.overdue().is_some(), "never connected within the bound");
@@ -166,5 +189,11 @@ mod tests {
         assert!(l.overdue().is_some());
         l.connected();
         assert_eq!(l.overdue(), None);
+        // Each runtime answers for itself: one gone too long is named.
+        let d = all.runtime("docker");
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(all.overdue().map(|(n, _)| n), Some("docker"));
+        d.connected();
+        assert_eq!(all.overdue(), None);
     }
 }

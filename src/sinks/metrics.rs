@@ -83,6 +83,11 @@ pub const INSPECTION_ERROR_KINDS: &[&str] = &[
     "spec_malformed",
     "image_malformed",
     "snapshotter_unsupported",
+    // Docker Engine lookups (DockerError)
+    "docker_unreachable",
+    "docker_api",
+    "docker_not_found",
+    "docker_timeout",
     // reading the files (RootfsError, InspectError)
     "layer_unreadable",
     "io",
@@ -146,6 +151,8 @@ pub struct Metrics {
     pub containerd_connected: Gauge,
     pub containerd_reconnects: Counter,
     pub containerd_events: Family<TopicLabels, Counter>,
+    pub docker_connected: Gauge,
+    pub docker_reconnects: Counter,
     pub inspection_duration: Family<TargetLabels, Histogram, DurationBuckets>,
     pub inspection_errors: Family<KindLabels, Counter>,
     pub kube_events: Family<KubeLabels, Counter>,
@@ -165,6 +172,8 @@ impl Default for Metrics {
             containerd_connected: Gauge::default(),
             containerd_reconnects: Counter::default(),
             containerd_events: Family::default(),
+            docker_connected: Gauge::default(),
+            docker_reconnects: Counter::default(),
             inspection_duration: Family::new_with_constructor(DurationBuckets),
             inspection_errors: Family::default(),
             kube_events: Family::default(),
@@ -218,6 +227,16 @@ impl Metrics {
             "containerd_events",
             "containerd events received, by topic",
             self.containerd_events.clone(),
+        );
+        r.register(
+            "docker_connected",
+            "1 while the agent follows Docker Engine's event stream",
+            self.docker_connected.clone(),
+        );
+        r.register(
+            "docker_reconnects",
+            "Times the agent re-established its Docker Engine event stream",
+            self.docker_reconnects.clone(),
         );
         r.register(
             "inspection_duration_seconds",
@@ -428,6 +447,8 @@ mod tests {
             .set(1);
         m.containerd_connected.set(1);
         m.containerd_reconnects.inc();
+        m.docker_connected.set(1);
+        m.docker_reconnects.inc();
         m.containerd_events
             .get_or_create(&TopicLabels {
                 topic: "/tasks/exit".into(),
@@ -488,6 +509,12 @@ archwatch_containerd_reconnects_total 1\n\
 # HELP archwatch_containerd_events containerd events received, by topic.\n\
 # TYPE archwatch_containerd_events counter\n\
 archwatch_containerd_events_total{{topic=\"/tasks/exit\"}} 1\n\
+# HELP archwatch_docker_connected 1 while the agent follows Docker Engine's event stream.\n\
+# TYPE archwatch_docker_connected gauge\n\
+archwatch_docker_connected 1\n\
+# HELP archwatch_docker_reconnects Times the agent re-established its Docker Engine event stream.\n\
+# TYPE archwatch_docker_reconnects counter\n\
+archwatch_docker_reconnects_total 1\n\
 # HELP archwatch_inspection_duration_seconds Time to inspect the files of an image or container.\n\
 # TYPE archwatch_inspection_duration_seconds histogram\n\
 archwatch_inspection_duration_seconds_sum{{target=\"image\"}} 0.0003\n\

@@ -44,6 +44,7 @@ fn diagnosis(pod: &str) -> Diagnosis {
         image_digest: None,
         container_type: Some(archwatch::diagnose::ContainerType::Container),
         attempt: None,
+        ..Identity::default()
     };
     archwatch::diagnose::diagnose(
         "node-1",
