@@ -39,6 +39,7 @@ fn main() {
     let cfg = Config {
         address: Some(work.path().join("no-containerd.sock")),
         docker_host: None,
+        docker_timeout: std::time::Duration::from_secs(10),
         namespaces: Vec::new(),
         listen: None,
         node_name: "bench".into(),

@@ -65,6 +65,9 @@ pub struct Config {
     pub address: Option<PathBuf>,
     /// Docker Engine to follow (`unix://…`, `tcp://…`), if any.
     pub docker_host: Option<String>,
+    /// How long one Docker request may take to be answered (a silent socket is given up on
+    /// and reconnected with backoff).
+    pub docker_timeout: Duration,
     /// Namespaces to watch; empty means all.
     pub namespaces: Vec<String>,
     pub listen: Option<SocketAddr>,
@@ -448,6 +451,7 @@ pub async fn run_fed(
         info!(host = %host, "Following Docker Engine.");
         watchers.push(tokio::spawn(docker::watch(
             host.clone(),
+            cfg.docker_timeout,
             metrics.clone(),
             live.runtime("docker"),
             tx.clone(),

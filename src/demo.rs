@@ -173,6 +173,7 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
     let cfg = crate::agent::Config {
         address: Some(ctd.socket.clone()),
         docker_host: None,
+        docker_timeout: std::time::Duration::from_secs(10),
         namespaces: vec![NS.into()],
         listen: Some(([127, 0, 0, 1], 0).into()),
         node_name: uname.nodename().to_string_lossy().into_owned(),

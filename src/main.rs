@@ -111,6 +111,10 @@ struct AgentArgs {
     /// `off` or unset: none.
     #[arg(long, env = "DOCKER_HOST")]
     docker_host: Option<String>,
+    /// Limit of one Docker Engine request (connecting, a record, a listing), in seconds: a
+    /// socket that does not answer is given up on and reconnected with backoff.
+    #[arg(long, default_value_t = 10)]
+    docker_request_timeout_secs: u64,
     /// Namespace to watch (repeatable); default: all (k8s.io, moby, default, ...).
     #[arg(long = "namespace")]
     namespaces: Vec<String>,
@@ -625,6 +629,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
     let cfg = archwatch::agent::Config {
         address,
         docker_host,
+        docker_timeout: std::time::Duration::from_secs(a.docker_request_timeout_secs.max(1)),
         namespaces: a.namespaces,
         listen,
         node_name,

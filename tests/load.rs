@@ -94,6 +94,7 @@ fn fifty_failures_a_second_stay_bounded_lose_nothing_and_respect_the_api() {
     let cfg = Config {
         address: Some(work.path().join("no-containerd.sock")),
         docker_host: None,
+        docker_timeout: std::time::Duration::from_secs(10),
         namespaces: Vec::new(),
         listen: Some(([127, 0, 0, 1], 0).into()),
         node_name: "load-node".into(),

@@ -1033,6 +1033,7 @@ fn load_fifty_failures_a_second_through_faults() {
     let cfg = archwatch::agent::Config {
         address: Some(work.path().join("no-containerd.sock")),
         docker_host: None,
+        docker_timeout: std::time::Duration::from_secs(10),
         namespaces: Vec::new(),
         listen: Some(([127, 0, 0, 1], 0).into()),
         node_name: "soak-node".into(),

@@ -27,13 +27,11 @@ use crate::platform::{Arch, Node};
 use crate::sinks::http::Liveness;
 use crate::sinks::metrics::{self, Metrics};
 
-/// How long a Docker request may take to be answered (connecting, a record, a listing).
-pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Connect, subscribe, list, forward; on any failure back off (capped, jittered) and redo,
 /// as for containerd, and never touching the containerd side.
 pub(super) async fn watch(
     host: String,
+    timeout: Duration,
     metrics: Metrics,
     live: Liveness,
     tx: mpsc::Sender<Input>,
@@ -45,6 +43,7 @@ pub(super) async fn watch(
         let mut connected = false;
         match session(
             &host,
+            timeout,
             &metrics,
             &live,
             &tx,
@@ -89,8 +88,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     host: &str,
+    timeout: Duration,
     metrics: &Metrics,
     live: &Liveness,
     tx: &mpsc::Sender<Input>,
@@ -98,7 +99,7 @@ async fn session(
     reconnecting: bool,
     connected: &mut bool,
 ) -> Result<(), DockerError> {
-    let client = Client::connect(host, REQUEST_TIMEOUT).await?;
+    let client = Client::connect(host, timeout).await?;
     // Subscribe first: the stream is polled (the request sent) by its own task, which
     // buffers what comes while the listing runs.
     let (etx, mut events) = mpsc::channel(4096);

@@ -6,6 +6,7 @@ mod binfmt;
 mod cri;
 mod daemonset;
 mod demo;
+mod docker_agent;
 mod e2e;
 mod hostile;
 mod image_build;

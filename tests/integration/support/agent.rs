@@ -87,6 +87,7 @@ impl Agent {
                 &["--kube", "off"][..]
             })
             .args(extra)
+            .env_remove("DOCKER_HOST")
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .env("RUST_LOG", "archwatch=debug,info")
             .stdout(Stdio::null())
