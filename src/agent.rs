@@ -989,6 +989,7 @@ impl Pipeline {
             .reconciled_in(&seen, |k| k.namespace == ns)
             .into_iter()
             .collect();
+        self.journal_gone_unjudged();
         for key in keys {
             if again.contains(&key) || self.tracker.container_created(key.clone(), now) {
                 self.identify(key, None, None, true);
@@ -1041,6 +1042,7 @@ impl Pipeline {
             .reconciled_in(&seen, |k| scope(&k.namespace))
             .into_iter()
             .collect();
+        self.journal_gone_unjudged();
         for (ns, c) in l.containers {
             let key = Key {
                 namespace: ns,
@@ -1257,7 +1259,16 @@ impl Pipeline {
                 let result = match result {
                     Ok(i) => Ok(i),
                     Err(f) => {
-                        self.inspection_failed(&key, &f);
+                        if f.retry && self.tracker.will_retry(&key) {
+                            // The runtime could not say (restarting, say): judged again at
+                            // the next reconcile, and journaled only if that fails too or
+                            // the container goes first, so a container is never both
+                            // unjudged and judged in the journal.
+                            debug!(container = %key.id, error_kind = f.kind, "Lookup failed; judged again at the next reconcile: {}", f.detail);
+                            self.tracker.defer_failure(&key, f.kind, f.detail.clone());
+                        } else {
+                            self.inspection_failed(&key, &f);
+                        }
                         Err(f.retry)
                     }
                 };
@@ -1367,16 +1378,37 @@ impl Pipeline {
         }
     }
 
+    /// Containers whose deferred failure found them gone at a reconcile: said now.
+    fn journal_gone_unjudged(&mut self) {
+        for (key, who, d) in self.tracker.take_gone_unjudged() {
+            let f = InspectFailure {
+                kind: d.kind,
+                detail: d.detail,
+                retry: false,
+            };
+            self.inspection_failed_as(&key, Some(who), &f);
+        }
+    }
+
     /// A container that will run only under emulation: said once, when its verdict lands.
     /// Says which container went unjudged and why, in the log and the journal.
     fn inspection_failed(&mut self, key: &Key, f: &InspectFailure) {
-        let who = match self.tracker.identity(key) {
+        self.inspection_failed_as(key, None, f);
+    }
+
+    fn inspection_failed_as(&mut self, key: &Key, known: Option<Identity>, f: &InspectFailure) {
+        let who = match known.as_ref().or(self.tracker.identity(key)) {
             Some(w) if !w.container_id.is_empty() => w.clone(),
             // The record itself was unreadable (gone before it could be read: a container
             // removed that fast leaves nothing to judge it by): the key is all there is.
             _ => Identity {
                 containerd_namespace: key.namespace.clone(),
                 container_id: key.id.clone(),
+                runtime: if docker::is_docker(&self.cfg, &key.namespace) {
+                    crate::diagnose::Runtime::Docker
+                } else {
+                    crate::diagnose::Runtime::Containerd
+                },
                 ..Identity::default()
             },
         };

@@ -126,9 +126,33 @@ pub struct Tracker {
     /// containerd does not list (every container the journal can name existed before this
     /// run, so after the first listing none is left here).
     reported: HashSet<Key>,
+    /// Containers whose deferred failure was not retried because they went first.
+    gone_unjudged: Vec<(Key, Identity, store::Deferred)>,
 }
 
 impl Tracker {
+    /// Whether a failed judgement of `key` will be tried again at the next reconcile: the
+    /// container is known, not deleted, and was not retried yet.
+    pub fn will_retry(&self, key: &Key) -> bool {
+        self.store
+            .get(key)
+            .is_some_and(|c| !c.retried && !c.deleted)
+    }
+
+    /// A failure (the runtime could not say) held back until the retry: said only if the
+    /// container goes before it is judged again ([`Tracker::take_gone_unjudged`]).
+    pub fn defer_failure(&mut self, key: &Key, kind: &'static str, detail: String) {
+        if let Some(c) = self.store.get_mut(key) {
+            c.deferred = Some(store::Deferred { kind, detail });
+        }
+    }
+
+    /// The containers a reconcile found gone with a deferred failure: their failure is
+    /// journaled now, so nothing is lost.
+    pub fn take_gone_unjudged(&mut self) -> Vec<(Key, Identity, store::Deferred)> {
+        std::mem::take(&mut self.gone_unjudged)
+    }
+
     pub fn new(node: &str, windows: Windows) -> Tracker {
         Tracker {
             node: node.to_string(),
@@ -136,6 +160,7 @@ impl Tracker {
             store: Store::default(),
             cache: VerdictCache::default(),
             reported: HashSet::new(),
+            gone_unjudged: Vec::new(),
         }
     }
 
@@ -344,6 +369,15 @@ impl Tracker {
         listed: &HashSet<Key>,
         scope: impl Fn(&Key) -> bool,
     ) -> Vec<Key> {
+        // A container gone before its deferred retry: its failure is said now.
+        for (k, c) in self.store.iter() {
+            if scope(k) && !listed.contains(k) {
+                if let Some(d) = &c.deferred {
+                    self.gone_unjudged
+                        .push((k.clone(), c.who.clone(), d.clone()));
+                }
+            }
+        }
         self.store.retain(|k, _| !scope(k) || listed.contains(k));
         self.reported.retain(|k| !scope(k) || listed.contains(k));
         let mut again = Vec::new();
@@ -361,6 +395,7 @@ impl Tracker {
         for k in &again {
             if let Some(c) = self.store.get_mut(k) {
                 c.retried = true;
+                c.deferred = None;
                 c.judgement = Judgement::Pending;
             }
         }
@@ -906,6 +941,34 @@ mod tests {
         tr.inspected(&key("lost"), None, Err(true));
         assert!(tr.reconciled(&all).is_empty(), "judged again once");
         assert!(tr.task_exited(&key("unread"), "unread", 1, t(3)).is_empty());
+    }
+
+    #[test]
+    fn a_deferred_failure_is_said_once_only_if_the_retry_never_comes() {
+        let mut tr = Tracker::new("n", Windows::default());
+        let both: HashSet<Key> = [key("retried"), key("goes")].into_iter().collect();
+        for k in &both {
+            tr.container_created(k.clone(), t(0));
+            tr.job_started(k);
+            assert!(tr.will_retry(k));
+            tr.inspected(k, None, Err(true));
+            tr.defer_failure(k, "containerd_rpc", format!("{}: unavailable", k.id));
+        }
+        // "goes" is not listed any more: its failure is said now, once.
+        let again = tr.reconciled(&HashSet::from([key("retried")]));
+        assert_eq!(again, vec![key("retried")]);
+        let gone = tr.take_gone_unjudged();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(
+            (gone[0].0.id.as_str(), gone[0].2.kind),
+            ("goes", "containerd_rpc")
+        );
+        assert!(tr.take_gone_unjudged().is_empty());
+        // "retried" is being judged again: a failure now is final (no second deferral),
+        // and going away later says nothing more.
+        assert!(!tr.will_retry(&key("retried")));
+        tr.reconciled(&HashSet::new());
+        assert!(tr.take_gone_unjudged().is_empty());
     }
 
     #[test]

@@ -39,6 +39,14 @@ pub struct Init {
     pub running: bool,
 }
 
+/// Why a container could not be judged, held back while a retry is due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deferred {
+    /// A code of `archwatch_inspection_errors_total{kind}`.
+    pub kind: &'static str,
+    pub detail: String,
+}
+
 /// Everything known of one container.
 #[derive(Clone, Debug)]
 pub struct Record {
@@ -59,6 +67,8 @@ pub struct Record {
     pub in_flight: bool,
     /// Judged again at a reconcile already (a retry is made once).
     pub retried: bool,
+    /// A lookup failure held back until the retry at the next reconcile.
+    pub deferred: Option<Deferred>,
     /// Counted in `containers_emulated` under this label; only the store sets it.
     emulated: Option<&'static str>,
 }
@@ -78,6 +88,7 @@ impl Record {
             emulation_noted: false,
             in_flight: false,
             retried: false,
+            deferred: None,
             emulated: None,
         }
     }
