@@ -320,10 +320,35 @@ fn overlays_point_the_agent_at_their_distributions_containerd() {
             "/run/containerd/containerd.sock",
             "/var/lib/containerd",
         ),
+        (
+            "docker",
+            "/run/containerd/containerd.sock",
+            "/var/lib/containerd",
+        ),
     ];
     assert_eq!(cases.len(), OVERLAYS.len() + 1, "every overlay has a case");
     for (overlay, socket, croot) in cases {
         let ds = m::daemonset(overlay);
+        // Docker Engine, where followed: its socket's directory from the host, and its data
+        // root at the host path (layer directories are read where Docker says they are).
+        match m::flag(&ds, "--docker-host") {
+            None => assert_ne!(overlay, "docker", "the docker overlay follows Docker"),
+            Some(host) => {
+                assert_eq!(overlay, "docker", "{overlay} follows Docker");
+                let path = host.strip_prefix("unix://").expect("a unix socket");
+                let (mount, on_host) = m::on_host(&ds, Path::new(path))
+                    .unwrap_or_else(|| panic!("{overlay}: {path} is not in a mounted directory"));
+                assert_eq!(on_host, Path::new("/run/docker.sock"), "{overlay}");
+                assert_eq!(mount.host_path, Path::new("/run"), "{overlay}");
+                assert!(
+                    m::host_mounts(&ds)
+                        .iter()
+                        .any(|h| h.host_path == Path::new("/var/lib/docker")
+                            && h.mount_path == Path::new("/var/lib/docker")),
+                    "{overlay}: Docker's data root at its host path"
+                );
+            }
+        }
         // The agent's --address lies inside a hostPath directory whose host path holds the
         // distribution's socket.
         let address = m::flag(&ds, "--address").unwrap();
@@ -369,7 +394,9 @@ fn overlays_point_the_agent_at_their_distributions_containerd() {
             }
             let kind = a["kind"].as_str().unwrap();
             match *overlay {
-                "k3s" | "rke2" => assert_eq!(kind, "DaemonSet", "{overlay} changes {kind}"),
+                "k3s" | "rke2" | "docker" => {
+                    assert_eq!(kind, "DaemonSet", "{overlay} changes {kind}")
+                }
                 "kube-prometheus-stack" => {
                     assert!(
                         ["ServiceMonitor", "PrometheusRule"].contains(&kind),
