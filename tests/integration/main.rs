@@ -1,4 +1,4 @@
-//! The integration suite: real containerd, runc, binaries from Debian packages.
+//! The integration suite: real containerd, runc, Docker Engine, binaries from Debian packages.
 
 mod agent;
 mod api;
@@ -7,6 +7,7 @@ mod cri;
 mod daemonset;
 mod demo;
 mod docker_agent;
+mod dockerd;
 mod e2e;
 mod hostile;
 mod image_build;

@@ -1,11 +1,12 @@
-//! Real components for the integration suite: fixtures from Debian packages and a private
-//! containerd + runc in a temp dir (never the system one).
+//! Real components for the integration suite: fixtures from Debian packages, a private
+//! containerd + runc and a private Docker Engine, each in a temp dir (never the system one).
 
 #![allow(dead_code)]
 
 pub mod agent;
 pub mod containerd;
 pub mod cri;
+pub mod docker;
 pub mod fake_api;
 pub mod manifests;
 pub mod pod;
