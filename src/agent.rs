@@ -899,6 +899,7 @@ async fn pipeline(
                 for d in p.tracker.tick(Utc::now()) {
                     p.sinks.exec_failure(&d);
                 }
+                p.ask_refusals();
                 p.confirm_pending_emulation();
             }
             Ok(()) = p.binfmt.changed() => p.binfmt_changed(),
@@ -991,7 +992,7 @@ impl Pipeline {
             .collect();
         self.journal_gone_unjudged();
         for key in keys {
-            if again.contains(&key) || self.tracker.container_created(key.clone(), now) {
+            if again.contains(&key) || self.created(key.clone(), now) {
                 self.identify(key, None, None, true);
             }
         }
@@ -1108,7 +1109,7 @@ impl Pipeline {
             }
             Event::ContainerCreate { id, .. } => {
                 let k = key(id);
-                if self.tracker.container_created(k.clone(), at) {
+                if self.created(k.clone(), at) {
                     self.identify(k, None, None, false);
                 }
                 Vec::new()
@@ -1125,7 +1126,7 @@ impl Pipeline {
             } => {
                 let k = key(container_id);
                 self.tracker.task_created(&k);
-                if !self.tracker.knows(&k) && self.tracker.container_created(k.clone(), at) {
+                if !self.tracker.knows(&k) && self.created(k.clone(), at) {
                     self.identify(k, None, Some(rootfs), false);
                 }
                 Vec::new()
@@ -1195,6 +1196,31 @@ impl Pipeline {
         });
     }
 
+    /// A container seen for the first time: true when it is new to the tracker.
+    fn created(&mut self, key: Key, at: DateTime<Utc>) -> bool {
+        if docker::is_docker(&self.cfg, &key.namespace) {
+            self.tracker.container_created_recording_refusals(key, at)
+        } else {
+            self.tracker.container_created(key, at)
+        }
+    }
+
+    /// Asks Docker whether the containers that never got a task had their start refused.
+    fn ask_refusals(&mut self) {
+        let keys = self.tracker.take_to_ask();
+        let Some(client) = self.docker.clone() else {
+            return;
+        };
+        for key in keys {
+            let client = client.clone();
+            let bounds = self.bounds.clone();
+            self.jobs.spawn(async move {
+                let _permit = bounds.lookup().await;
+                Some(docker::asked(&client, key).await)
+            });
+        }
+    }
+
     /// The live containerd client, if the agent follows one.
     fn live_containerd(&self) -> Option<Client> {
         match &self.client {
@@ -1224,6 +1250,13 @@ impl Pipeline {
     fn done(&mut self, d: Done) {
         match d {
             Done::Sandbox(key) => self.tracker.forget(&key),
+            Done::Asked { key, history } => {
+                if let Some(h) = history {
+                    for d in self.tracker.history(&key, h) {
+                        self.sinks.exec_failure(&d);
+                    }
+                }
+            }
             Done::Lost(key) => {
                 warn!(container = %key.id, "A job about this container ended without an answer; it is judged again at the next reconcile.");
                 self.tracker.job_lost(&key);

@@ -101,8 +101,12 @@ pub enum History {
         finished_at: Option<DateTime<Utc>>,
         exit_code: u32,
     },
-    /// The start was refused before any process existed (runc create failed).
-    StartFailed { at: Option<DateTime<Utc>> },
+    /// The start was refused before any process existed (runc create failed), with the
+    /// exit code the runtime gives it (Docker: 127 or 126).
+    StartFailed {
+        at: Option<DateTime<Utc>>,
+        exit_code: Option<u32>,
+    },
 }
 
 /// A container whose verdict is `emulated` and that was not reported as such yet.
@@ -128,6 +132,8 @@ pub struct Tracker {
     reported: HashSet<Key>,
     /// Containers whose deferred failure was not retried because they went first.
     gone_unjudged: Vec<(Key, Identity, store::Deferred)>,
+    /// Containers whose runtime's state is to be asked whether their start was refused.
+    to_ask: Vec<Key>,
 }
 
 impl Tracker {
@@ -161,6 +167,7 @@ impl Tracker {
             cache: VerdictCache::default(),
             reported: HashSet::new(),
             gone_unjudged: Vec::new(),
+            to_ask: Vec::new(),
         }
     }
 
@@ -220,6 +227,24 @@ impl Tracker {
         self.store.insert(key, Record::new(now, diagnosed))
     }
 
+    /// [`Tracker::container_created`] for a runtime that records a refused start in the
+    /// container's own state (Docker): no task is no evidence there (`docker create`, an
+    /// image builder's containers), so the state is asked instead ([`Tracker::take_to_ask`]).
+    pub fn container_created_recording_refusals(&mut self, key: Key, now: DateTime<Utc>) -> bool {
+        let new = self.container_created(key.clone(), now);
+        if let Some(c) = self.store.get_mut(&key) {
+            c.refusal_recorded = true;
+        }
+        new
+    }
+
+    /// Containers of a runtime that records refusals whose create window passed without a
+    /// task while their verdict says they cannot run: their state says whether the start
+    /// was refused (answered with [`Tracker::history`]). Each is asked once.
+    pub fn take_to_ask(&mut self) -> Vec<Key> {
+        std::mem::take(&mut self.to_ask)
+    }
+
     /// A job (record read or inspection) for `key` started.
     pub fn job_started(&mut self, key: &Key) {
         if let Some(c) = self.store.get_mut(key) {
@@ -271,10 +296,10 @@ impl Tracker {
                 };
                 Self::decide_or_wait(&node, c, exit)
             }
-            History::StartFailed { at } => {
+            History::StartFailed { at, exit_code } => {
                 let exit = Exit {
                     signal: Signal::TaskNeverCreated,
-                    exit_code: None,
+                    exit_code,
                     started_at: None,
                     exited_at: at,
                 };
@@ -579,6 +604,12 @@ impl Tracker {
         let Some(c) = self.store.get_mut(key) else {
             return Vec::new();
         };
+        if c.refusal_recorded && !c.task_created {
+            // Removed without ever running, on a runtime that would have recorded a refused
+            // start: `docker create` + `rm`, or a builder's container. Nothing failed.
+            self.store.remove(key);
+            return Vec::new();
+        }
         if matches!(c.judgement, Judgement::Pending) {
             // Its files are still being read (a fast `--rm` run): keep it until they are.
             if !c.task_created && c.pending.is_none() {
@@ -603,13 +634,25 @@ impl Tracker {
         let window = self.windows.create_window;
         let node = self.node.clone();
         let mut out = Vec::new();
-        for c in self.store.values_mut() {
+        let mut ask = Vec::new();
+        for (k, c) in self.store.iter_mut() {
             let known = matches!(c.judgement, Judgement::Known(_));
             if known && !c.task_created && !c.diagnosed && now - c.created_at >= window {
+                if c.refusal_recorded {
+                    let fails =
+                        matches!(&c.judgement, Judgement::Known(i) if !i.verdict.will_exec());
+                    if fails && !c.asked {
+                        c.asked = true;
+                        ask.push(k.clone());
+                    }
+                    continue;
+                }
                 let exit = never_created(now);
                 out.extend(Self::decide(&node, c, &exit));
             }
         }
+        ask.sort();
+        self.to_ask.extend(ask);
         out
     }
 
@@ -854,7 +897,13 @@ mod tests {
         // Its start was refused: task_never_created at once, no window to wait.
         tr.container_created(key("refused"), t(100));
         tr.inspected(&key("refused"), None, Ok(insp(V::NotFound)));
-        let d = tr.history(&key("refused"), History::StartFailed { at: Some(t(2)) });
+        let d = tr.history(
+            &key("refused"),
+            History::StartFailed {
+                at: Some(t(2)),
+                exit_code: None,
+            },
+        );
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].signal, Signal::TaskNeverCreated);
         assert!(tr.tick(t(200)).is_empty(), "once");

@@ -378,6 +378,24 @@ pub(super) async fn identify(
     }
 }
 
+/// Whether a container that never got a task had its start refused: Docker records that
+/// in the container's state (`State.Error`, exit code 127 or 126) and sends no event.
+pub(super) async fn asked(client: &Client, key: Key) -> Done {
+    let history = match client.container(&key.id).await {
+        Ok(c) => {
+            if let Some(e) = &c.error {
+                debug!(container = %key.id, error = %e, "Docker refused the start.");
+            }
+            Some(c.history)
+        }
+        Err(e) => {
+            debug!(container = %key.id, error = %e, "Docker container state unreadable.");
+            None
+        }
+    };
+    Done::Asked { key, history }
+}
+
 /// An image name's content (the image ID), as `Done::ImageNamed`.
 pub(super) async fn image_named(client: &Client, ns: String, name: String) -> Done {
     let digest = match client.image(&name).await {

@@ -44,6 +44,12 @@ pub(super) enum Done {
     },
     /// A container's job ended without an answer (it panicked).
     Lost(Key),
+    /// What the runtime's state says of a container that never got a task (`None`: it
+    /// could not be read).
+    Asked {
+        key: Key,
+        history: Option<History>,
+    },
     /// An image name resolved to its target digest (`None`: gone or unreadable).
     ImageNamed {
         ns: String,

@@ -90,6 +90,7 @@ pub fn history(s: &cri::ContainerStatus) -> History {
         // Exited without ever starting: StartContainer failed (the plugin's `StartError`).
         Ok(cri::ContainerState::ContainerExited) => History::StartFailed {
             at: nanos(s.finished_at),
+            exit_code: None,
         },
         _ => History::Created,
     }
@@ -183,7 +184,7 @@ mod tests {
         ));
         assert!(matches!(
             history(&s(cri::ContainerState::ContainerExited, 0, 128)),
-            History::StartFailed { at: Some(_) }
+            History::StartFailed { at: Some(_), .. }
         ));
         assert!(matches!(
             history(&s(cri::ContainerState::ContainerExited, 1, -1)),

@@ -62,6 +62,11 @@ impl DockerError {
     /// A code of `archwatch_inspection_errors_total{kind}`.
     pub fn kind(&self) -> &'static str {
         match self {
+            DockerError::Connect { error, .. } | DockerError::Api { error, .. }
+                if matches!(error, bollard::errors::Error::RequestTimeoutError) =>
+            {
+                "docker_timeout"
+            }
             DockerError::Connect { .. } => "docker_unreachable",
             DockerError::Api { error, .. } if not_found(error) => "docker_not_found",
             DockerError::Api { .. } => "docker_api",
@@ -347,8 +352,9 @@ fn layers_of(
     }
 }
 
-/// Docker's default capability set holds both file-permission capabilities; Engine up to 24
-/// leaves them effective for a non-root user's first process too.
+/// The file-permission capabilities of a container's root: Docker's default set holds
+/// CAP_DAC_OVERRIDE, not CAP_DAC_READ_SEARCH; `--cap-add`, `--cap-drop` and `--privileged`
+/// change that.
 fn caps_of(host: Option<&bollard::models::HostConfig>) -> Caps {
     let Some(h) = host else {
         return Caps::ALL;
@@ -416,7 +422,10 @@ fn container_from(c: ContainerInspectResponse) -> Result<Container, DockerError>
             started_at: started,
         }
     } else if error.is_some() && started.is_none() {
-        History::StartFailed { at: finished }
+        History::StartFailed {
+            at: finished,
+            exit_code: Some(exit_code),
+        }
     } else if started.is_some() {
         History::Exited {
             started_at: started,
@@ -459,13 +468,15 @@ fn container_from(c: ContainerInspectResponse) -> Result<Container, DockerError>
     })
 }
 
-/// A Docker user's credentials: the ids, and the capabilities Docker leaves it.
+/// A Docker user's credentials: the ids, and the capabilities Docker leaves it. Root keeps
+/// the container's set; any other uid has none, for its first exec as for later ones
+/// (Docker sets no ambient capabilities: a non-root user's `permission denied` on a root-only
+/// binary is what Engine 20.10 really gives, exit code 126).
 pub fn docker_creds(ids: Creds, caps: Caps) -> Creds {
+    let caps = if ids.uid == 0 { caps } else { Caps::NONE };
     Creds {
         caps,
-        // What later execs keep: root its bounding set, any other uid nothing (Docker sets
-        // no ambient capabilities).
-        caps_after_exec: if ids.uid == 0 { caps } else { Caps::NONE },
+        caps_after_exec: caps,
         ..ids
     }
 }
@@ -721,7 +732,9 @@ mod tests {
         );
         assert_eq!(caps_of(Some(&h(&[], &["ALL"], true))), Caps::ALL);
         let user = docker_creds(Creds::with_ids(1000, 1000, Vec::new()), default);
-        assert!(user.caps.dac_override && !user.caps_after_exec.dac_override);
+        assert_eq!((user.caps, user.caps_after_exec), (Caps::NONE, Caps::NONE));
+        let root = docker_creds(Creds::root(), default);
+        assert!(root.caps.dac_override && root.caps_after_exec.dac_override);
     }
 
     #[test]
@@ -748,7 +761,10 @@ mod tests {
         .unwrap();
         assert!(matches!(
             refused.history,
-            History::StartFailed { at: Some(_) }
+            History::StartFailed {
+                exit_code: Some(127),
+                ..
+            }
         ));
         assert_eq!(refused.name, "web");
         assert_eq!(refused.process.argv, ["/app", "serve"]);

@@ -69,6 +69,11 @@ pub struct Record {
     pub retried: bool,
     /// A lookup failure held back until the retry at the next reconcile.
     pub deferred: Option<Deferred>,
+    /// Its runtime records a refused start in the container's state (Docker): a missing
+    /// task proves nothing until that state is asked.
+    pub refusal_recorded: bool,
+    /// That state was asked for.
+    pub asked: bool,
     /// Counted in `containers_emulated` under this label; only the store sets it.
     emulated: Option<&'static str>,
 }
@@ -89,6 +94,8 @@ impl Record {
             in_flight: false,
             retried: false,
             deferred: None,
+            refusal_recorded: false,
+            asked: false,
             emulated: None,
         }
     }
@@ -166,6 +173,10 @@ impl Store {
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Record> {
         self.records.values_mut()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Key, &mut Record)> {
+        self.records.iter_mut()
     }
 
     /// Counts `key` as running under emulation under `label` (once).
