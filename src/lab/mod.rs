@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod docker;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
     #[error("{what}: {source}")]
