@@ -194,6 +194,11 @@ enum Input {
     DockerDisconnected,
     /// Docker's image names after an image event.
     DockerImages(Vec<String>),
+    /// The init pid of a started Docker container, read from its record.
+    DockerPid {
+        id: String,
+        pid: u32,
+    },
     /// Answered once every job started so far has finished (a replay's end).
     Drained(tokio::sync::oneshot::Sender<()>),
 }
@@ -952,6 +957,14 @@ impl Pipeline {
                 self.update_ready();
             }
             Input::DockerImages(names) => self.docker_images(names),
+            Input::DockerPid { id, pid } => {
+                let key = Key {
+                    namespace: crate::docker::NAMESPACE.into(),
+                    id,
+                };
+                self.tracker.init_pid(&key, pid);
+                self.note_emulated(&key);
+            }
             Input::Event(env) => self.event(env),
             Input::Drained(t) => self.drained.push(t),
         }

@@ -483,6 +483,16 @@ impl Tracker {
         }
     }
 
+    /// The pid of an init process that was started without one known: set while it runs
+    /// (a pid learnt after its exit is not a running process).
+    pub fn init_pid(&mut self, key: &Key, pid: u32) {
+        if let Some(init) = self.store.get_mut(key).and_then(|c| c.init.as_mut()) {
+            if init.running && init.pid == 0 {
+                init.pid = pid;
+            }
+        }
+    }
+
     /// The init process is gone: it no longer runs, nor counts as running under emulation.
     pub fn init_gone(&mut self, key: &Key) {
         if let Some(init) = self.store.get_mut(key).and_then(|c| c.init.as_mut()) {
@@ -516,7 +526,7 @@ impl Tracker {
             .iter()
             .filter(|(_, c)| c.emulation_noted && c.emulated().is_none())
             .filter_map(|(k, c)| {
-                let init = c.init.filter(|i| i.running)?;
+                let init = c.init.filter(|i| i.running && i.pid != 0)?;
                 match &c.judgement {
                     Judgement::Known(i) if i.verdict == crate::inspect::Verdict::Emulated => {
                         Some((k.clone(), init.pid, i.clone()))

@@ -184,14 +184,23 @@ async fn session(
         let inputs = match docker::decode(&msg) {
             Change::Container(env) => vec![Input::Event(env)],
             Change::Started { id, at } => {
-                // The init pid (to confirm emulation from /proc/<pid>/exe) is in the record.
-                let pid = match client.container(&id).await {
-                    Ok(c) => c.pid.unwrap_or(0),
-                    Err(e) => {
-                        debug!(container = %id, error = %e, "Started container unreadable.");
-                        0
+                // The init pid (to confirm emulation from /proc/<pid>/exe) is in the record,
+                // read off the stream's path: a `die` right behind this `start` is not held
+                // up by it.
+                let (client, tx, key) = (client.clone(), tx.clone(), id.clone());
+                tokio::spawn(async move {
+                    match client.container(&key).await {
+                        Ok(c) => {
+                            if let Some(pid) = c.pid {
+                                let _ = tx.send(Input::DockerPid { id: key, pid }).await;
+                            }
+                        }
+                        Err(e) => {
+                            debug!(container = %key, error = %e, "Started container unreadable.")
+                        }
                     }
-                };
+                });
+                let pid = 0;
                 let env = |event| {
                     Input::Event(Envelope {
                         namespace: docker::NAMESPACE.into(),

@@ -26,7 +26,10 @@ impl Pipeline {
         }
         let who = check.who.clone();
         let i = check.inspection;
-        let pid = check.init.filter(|t| t.running).map(|t| t.pid);
+        let pid = check
+            .init
+            .filter(|t| t.running && t.pid != 0)
+            .map(|t| t.pid);
         let confirmed_by = pid.and_then(|p| self.confirm_emulation(p, &i));
         let counted = confirmed_by.is_some().then(|| emulated_label(&i));
         self.tracker.emulation_noted(key, counted);
