@@ -538,6 +538,12 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
     }
     emulation_scene(&mut ctd, &journal, foreign, &stop).await;
 
+    // The same failures on a Docker host (a CI runner, a compose deployment).
+    if stop.is_cancelled() {
+        return Err(DemoError::Interrupted);
+    }
+    docker_scene(work.path(), &node, &bb_native, &bb_foreign, &stop).await;
+
     if let Some(addr) = metrics_addr {
         say("Scraped from /metrics:");
         if let Ok(text) = scrape(addr).await {
@@ -597,6 +603,159 @@ async fn handler_seen(name: &str) -> bool {
             .unwrap_or(false),
         None => true,
     }
+}
+
+/// A Docker scene: its title, the image's tag, the build context's files (path, bytes, mode)
+/// and the Dockerfile's lines after `FROM scratch`.
+type DockerScene<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a [u8], u32)>,
+    Vec<&'a str>,
+);
+
+/// A private Docker Engine, followed by a second agent through its API (`--docker-host`,
+/// `--address off`): `docker run` of images built with `docker build`, and what each side
+/// says. Skipped, saying why, where Debian's docker.io is not installed.
+async fn docker_scene(
+    work: &Path,
+    node: &Node,
+    bb_native: &[u8],
+    bb_foreign: &[u8],
+    stop: &CancellationToken,
+) {
+    let d = match tokio::task::block_in_place(lab::docker::Dockerd::start) {
+        Ok(d) => d,
+        Err(e) => {
+            say(format!("(skipping the Docker scene: {e})\n"));
+            return;
+        }
+    };
+    say(format!(
+        "On a Docker host: a private Docker Engine ({}), followed by an agent through its API (--docker-host, --address off):",
+        d.host()
+    ));
+    let journal = work.join("docker-timeline.jsonl");
+    let agent_stop = stop.child_token();
+    let cfg = crate::agent::Config {
+        address: None,
+        docker_host: Some(d.host()),
+        docker_timeout: Duration::from_secs(10),
+        namespaces: Vec::new(),
+        listen: None,
+        node_name: rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned(),
+        journal: Some(journal.clone()),
+        journal_max_bytes: 64 << 20,
+        binfmt_dir: PathBuf::from(lab::BINFMT_DIR),
+        node: node.clone(),
+        snapshotter: "overlayfs".into(),
+        inspect_timeout: Duration::from_secs(5),
+        windows: Windows::default(),
+        kube: "off".into(),
+        kube_queue: 0,
+        kubeconfig: None,
+        view_lease_ttl: crate::containerd::LEASE_TTL,
+        api_socket: None,
+        proc_dir: PathBuf::from("/proc"),
+        unhealthy_after: Duration::from_secs(120),
+        kube_request_timeout: crate::sinks::kube_events::REQUEST_TIMEOUT,
+    };
+    let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone(), None));
+    let scenes: [DockerScene; 2] = [
+        (
+            "docker build copied an arm64 artifact into an image whose config says amd64",
+            "ci/app:1",
+            vec![("bin/app", bb_foreign, 0o755)],
+            vec![
+                "COPY bin/app /bin/app",
+                r#"ENTRYPOINT ["/bin/app", "true"]"#,
+            ],
+        ),
+        (
+            "a compose service whose entrypoint script has Windows line endings",
+            "ci/worker:1",
+            vec![
+                ("bin/sh", bb_native, 0o755),
+                (
+                    "entrypoint.sh",
+                    b"#!/bin/sh\r\nexec /bin/sh -c true\r\n",
+                    0o755,
+                ),
+            ],
+            vec![
+                "COPY bin/sh /bin/sh",
+                "COPY entrypoint.sh /entrypoint.sh",
+                r#"ENTRYPOINT ["/entrypoint.sh"]"#,
+            ],
+        ),
+    ];
+    for (i, (title, tag, files, lines)) in scenes.iter().enumerate() {
+        if let Err(e) = tokio::task::block_in_place(|| d.build(tag, files, lines)) {
+            say(format!("  (docker build {tag} failed: {e})"));
+            continue;
+        }
+        let name = format!("demo-{i}");
+        let service = tag.split([':', '/']).nth(1).unwrap_or("app").to_string();
+        let labels = [
+            "--label".to_string(),
+            "com.docker.compose.project=ci".to_string(),
+            "--label".to_string(),
+            format!("com.docker.compose.service={service}"),
+        ];
+        let opts: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let run = match tokio::task::block_in_place(|| d.run(&name, tag, &opts)) {
+            Ok(r) => r,
+            Err(e) => {
+                say(format!("  (docker run {tag} failed to start: {e})"));
+                continue;
+            }
+        };
+        say(format!("● {title} — docker run {tag}"));
+        let said = run
+            .stderr
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        say(format!(
+            "  docker said:   {} (exit {})",
+            said,
+            run.exit_code.unwrap_or(-1)
+        ));
+        let found = wait_line(&journal, Duration::from_secs(15), |l| {
+            l["kind"] == "exec_failure" && l["container"] == name.as_str()
+        });
+        match found {
+            Some(l) => {
+                say(format!(
+                    "  archwatch:     {} ({}) — {}",
+                    l["verdict"].as_str().unwrap_or(""),
+                    l["reason"].as_str().unwrap_or(""),
+                    wrap(l["cause"].as_str().unwrap_or(""), 80, "                 ")
+                ));
+                say(format!(
+                    "  where:         runtime {}, compose project {}, service {}",
+                    l["runtime"].as_str().unwrap_or(""),
+                    l["compose_project"].as_str().unwrap_or(""),
+                    l["compose_service"].as_str().unwrap_or("")
+                ));
+                say(format!(
+                    "  fix_code:      {}",
+                    l["fix_code"].as_str().unwrap_or("")
+                ));
+            }
+            None => say("  archwatch:     (no diagnosis within 15 s)"),
+        }
+        say("");
+    }
+    agent_stop.cancel();
+    let _ = agent.await;
+    tokio::task::block_in_place(|| drop(d));
 }
 
 async fn emulation_scene(

@@ -141,12 +141,37 @@ fn demo_diagnoses_every_scenario_and_cleans_up() {
         text.contains("archwatch_exec_failures_total{namespace=\"shop\",reason=\"arch_mismatch\""),
         "{text}"
     );
+    // The same failures on a Docker host: what `docker run` said, and the agent following
+    // Docker Engine through its API (scripts/install-deps installs docker.io).
+    for (title, symptom, verdict, fix_code) in [
+        (
+            "docker build copied an arm64 artifact",
+            "exec /bin/app: exec format error (exit 1)",
+            "arch_mismatch",
+            "fix_build_stage",
+        ),
+        (
+            "a compose service whose entrypoint script has Windows line endings",
+            "exec /entrypoint.sh: no such file or directory (exit 1)",
+            "script_crlf",
+            "convert_to_lf",
+        ),
+    ] {
+        let b = block(title);
+        assert!(b.contains(&format!("docker said:   {symptom}")), "{b}");
+        assert!(b.contains(&format!("archwatch:     {verdict} ")), "{b}");
+        assert!(b.contains("runtime docker, compose project ci"), "{b}");
+        assert!(b.contains(&format!("fix_code:      {fix_code}")), "{b}");
+    }
     assert!(text.contains("\"reportingController\": \"archwatch.io/agent\""));
     assert!(text.contains("6 failures diagnosed"), "{text}");
     // The demo names its containerd dir and its binfmt handler; nothing may refer to them now.
     let mut markers: Vec<String> = Vec::new();
     for word in text.split_whitespace() {
         if let Some(i) = word.find("/archwatch-containerd-") {
+            markers.push(word[i..].split('/').nth(1).unwrap_or("").to_string());
+        }
+        if let Some(i) = word.find("/aw-dockerd-") {
             markers.push(word[i..].split('/').nth(1).unwrap_or("").to_string());
         }
         if word.starts_with("archwatch-demo-") {
