@@ -9,23 +9,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, warn};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::Lookup;
 use crate::binfmt::Table;
-use crate::containerd::{self, Client, ContainerdError};
+use crate::containerd::ContainerdError;
 use crate::diagnose::Identity;
-use crate::inspect::{self, Finding, Inspection, Request, Verdict};
+use crate::inspect::{self, Inspection, Request};
 use crate::pipeline::{CacheKey, History, Key, Process};
 use crate::platform::Node;
 use crate::rootfs::Rootfs;
 use crate::sinks::metrics::{self, Metrics};
 
 /// What a job reports back.
-pub(super) enum Done {
+pub(crate) enum Done {
     Identified {
         key: Key,
         who: Box<Identity>,
@@ -70,28 +66,28 @@ pub(super) enum Done {
 /// Where a container's files come from: its image's name and the layers its snapshot was
 /// made on (which variant of a multi-platform image it runs).
 #[derive(Clone, Debug, Default)]
-pub(super) struct FromImage {
-    pub(super) image: String,
+pub(crate) struct FromImage {
+    pub(crate) image: String,
     /// The parent of the container's snapshot: the chain ID of the image layers.
-    pub(super) parent: Option<String>,
+    pub(crate) parent: Option<String>,
     /// The architecture the image's config claims, when the runtime's record says it (a
     /// containerd container's is read from the variant it runs).
-    pub(super) claimed: Option<crate::platform::Arch>,
+    pub(crate) claimed: Option<crate::platform::Arch>,
 }
 
 /// Why a container or image could not be inspected.
 #[derive(Debug)]
-pub(super) struct InspectFailure {
+pub(crate) struct InspectFailure {
     /// A code of `archwatch_inspection_errors_total{kind}`.
-    pub(super) kind: &'static str,
-    pub(super) detail: String,
+    pub(crate) kind: &'static str,
+    pub(crate) detail: String,
     /// containerd could not say (record, spec or snapshot unreadable), as opposed to files
     /// that could not be read: the next reconcile judges the container again.
-    pub(super) retry: bool,
+    pub(crate) retry: bool,
 }
 
 impl InspectFailure {
-    fn lookup(e: &ContainerdError) -> InspectFailure {
+    pub(crate) fn lookup(e: &ContainerdError) -> InspectFailure {
         InspectFailure {
             kind: e.kind(),
             detail: e.to_string(),
@@ -106,15 +102,15 @@ impl InspectFailure {
 /// again stays within a fixed number of open files. Images take at most
 /// [`IMAGE_INSPECTIONS`] of them, so a failing container is never queued behind every
 /// image on the node.
-pub(super) const INSPECTIONS: usize = 4;
-pub(super) const IMAGE_INSPECTIONS: usize = 3;
+pub(crate) const INSPECTIONS: usize = 4;
+pub(crate) const IMAGE_INSPECTIONS: usize = 3;
 /// How many containerd lookups for containers (record, snapshot mounts, image) and image
 /// names run at once.
-pub(super) const LOOKUPS: usize = 16;
+pub(crate) const LOOKUPS: usize = 16;
 
 /// The semaphores that bound the jobs.
 #[derive(Clone)]
-pub(super) struct Bounds {
+pub(crate) struct Bounds {
     inspections: Arc<Semaphore>,
     images: Arc<Semaphore>,
     lookups: Arc<Semaphore>,
@@ -132,19 +128,19 @@ impl Default for Bounds {
 
 /// Held while a job works; dropping it lets the next one start. (The semaphores are never
 /// closed, so acquiring cannot fail.)
-pub(super) struct Permit {
+pub(crate) struct Permit {
     _held: Vec<OwnedSemaphorePermit>,
 }
 
 impl Bounds {
-    pub(super) async fn container(&self) -> Permit {
+    pub(crate) async fn container(&self) -> Permit {
         let any = self.inspections.clone().acquire_owned().await.ok();
         Permit {
             _held: any.into_iter().collect(),
         }
     }
 
-    pub(super) async fn image(&self) -> Permit {
+    pub(crate) async fn image(&self) -> Permit {
         let image = self.images.clone().acquire_owned().await.ok();
         let any = self.inspections.clone().acquire_owned().await.ok();
         Permit {
@@ -152,7 +148,7 @@ impl Bounds {
         }
     }
 
-    pub(super) async fn lookup(&self) -> Permit {
+    pub(crate) async fn lookup(&self) -> Permit {
         let one = self.lookups.clone().acquire_owned().await.ok();
         Permit {
             _held: one.into_iter().collect(),
@@ -160,7 +156,7 @@ impl Bounds {
     }
 }
 
-pub(super) enum ImageOutcome {
+pub(crate) enum ImageOutcome {
     Verdict {
         digest: String,
         inspection: Arc<Inspection>,
@@ -168,335 +164,9 @@ pub(super) enum ImageOutcome {
     Failed,
 }
 
-/// Reads a container's record (unless given), its spec, its layers and who it is.
-pub(super) async fn identify_job(
-    client: &Lookup,
-    key: Key,
-    record: Option<containerd_client::services::v1::Container>,
-    rootfs: Option<Vec<containerd_client::types::Mount>>,
-    ask_history: bool,
-    errors: &Family<metrics::KindLabels, Counter>,
-) -> Done {
-    let count = |e: &ContainerdError| {
-        errors
-            .get_or_create(&metrics::KindLabels {
-                kind: e.kind().into(),
-            })
-            .inc();
-    };
-    let c = match record {
-        Some(c) => c,
-        None => match client.container(&key.namespace, &key.id).await {
-            Ok(c) => c,
-            Err(e) => {
-                count(&e);
-                debug!(container = %key.id, error = %e, "Container record unreadable.");
-                return Done::ContainerInspected {
-                    key,
-                    cache_key: None,
-                    result: Err(InspectFailure::lookup(&e)),
-                };
-            }
-        },
-    };
-    if containerd::is_sandbox(&c) {
-        return Done::Sandbox(key);
-    }
-    let fail = |e: ContainerdError| {
-        count(&e);
-        warn!(container = %c.id, error = %e, "Container cannot be inspected.");
-        Err(InspectFailure::lookup(&e))
-    };
-    let spec = match containerd::spec_process(&c) {
-        Ok(s) => s,
-        Err(e) => {
-            return Done::ContainerInspected {
-                key,
-                cache_key: None,
-                result: fail(e),
-            };
-        }
-    };
-    let layers = match rootfs.filter(|m| !m.is_empty()) {
-        Some(m) => containerd::mounts_layers(&m),
-        None => {
-            client
-                .snapshot_layers(&key.namespace, &c.snapshotter, &c.snapshot_key)
-                .await
-        }
-    };
-    let layers = match layers {
-        Ok(l) => l,
-        Err(e) => {
-            return Done::ContainerInspected {
-                key,
-                cache_key: None,
-                result: fail(e),
-            };
-        }
-    };
-    let digest = client.image_digest(&key.namespace, &c.image).await;
-    let parent = client
-        .snapshot_parent(&key.namespace, &c.snapshotter, &c.snapshot_key)
-        .await;
-    let history = if ask_history && containerd::cri::is_cri_container(&c) {
-        client.cri_history(&key.namespace, &key.id).await
-    } else {
-        None
-    };
-    let meta = containerd::cri::metadata(&c);
-    let label = |k: &str| c.labels.get(k).cloned();
-    let who = Identity {
-        containerd_namespace: key.namespace.clone(),
-        container_id: key.id.clone(),
-        pod: label("io.kubernetes.pod.name"),
-        pod_namespace: label("io.kubernetes.pod.namespace"),
-        pod_uid: label("io.kubernetes.pod.uid"),
-        container: label("io.kubernetes.container.name"),
-        image: c.image.clone(),
-        image_digest: digest.clone(),
-        container_type: meta.container_type,
-        attempt: meta.attempt,
-        ..Identity::default()
-    };
-    let process = Process {
-        argv: spec.args,
-        path_env: spec.path_env,
-        cwd: spec.cwd,
-        user: Some(spec.user),
-    };
-    // Same image content + same layers + same process = same verdict. The layers matter: the
-    // containers of one multi-platform image may run different variants of it (a forced
-    // platform). Without a digest, the snapshot key names the content.
-    let content = match (digest, &parent) {
-        (Some(d), Some(p)) => format!("{d}/{p}"),
-        (Some(d), None) => d,
-        (None, _) => format!("{}/{}", c.snapshotter, c.snapshot_key),
-    };
-    let cache_key = Some(process.cache_key(&content));
-    Done::Identified {
-        key,
-        who: Box::new(who),
-        process,
-        cache_key,
-        layers,
-        history,
-        from: FromImage {
-            image: c.image.clone(),
-            parent,
-            claimed: None,
-        },
-    }
-}
-
-/// What an image inspection needs besides the client and the name.
-pub(super) struct ImageJob {
-    pub(super) node: Node,
-    /// Read when the inspection starts, not when it was queued.
-    pub(super) binfmt: watch::Receiver<Arc<Table>>,
-    pub(super) timeout: Duration,
-    pub(super) snapshotter: String,
-    pub(super) metrics: Metrics,
-    pub(super) bounds: Bounds,
-}
-
-impl ImageJob {
-    /// Resolves `name` for the node, views its snapshot and inspects it.
-    pub(super) async fn run(self, client: &Client, ns: &str, name: &str) -> ImageOutcome {
-        let node = &self.node;
-        let m = &self.metrics;
-        let count = |kind: &str| {
-            m.inspection_errors
-                .get_or_create(&metrics::KindLabels { kind: kind.into() })
-                .inc()
-        };
-        let resolved = {
-            let _lookup = self.bounds.lookup().await;
-            client.resolve_image(ns, name, node).await
-        };
-        let target = match resolved {
-            Ok(t) => t,
-            Err(e @ ContainerdError::NoPlatform { .. }) => {
-                let mut inspection = Inspection {
-                verdict: Verdict::ArchMismatch,
-                cause: format!("{e}: this node cannot pull or run it"),
-                fix: format!("Publish the image as a multi-arch index that includes linux/{} (docker buildx build --platform ...).", node.arch),
-                fix_code: crate::fix::FixCode::None,
-                symptom: Verdict::ArchMismatch.symptom(),
-                argv: Vec::new(),
-                node_arch: node.arch,
-                binary_arch: None,
-                handler: None,
-                chain: Vec::new(),
-                findings: vec![Finding { code: "index_lacks_node_platform", detail: e.to_string() }],
-                bytes_read: 0,
-                suspects: Vec::new(),
-            };
-                crate::fix::settle(&mut inspection);
-                let digest = client
-                    .image(ns, name)
-                    .await
-                    .ok()
-                    .and_then(|i| i.target)
-                    .map(|t| t.digest)
-                    .unwrap_or_default();
-                return ImageOutcome::Verdict {
-                    digest,
-                    inspection: Arc::new(inspection),
-                };
-            }
-            Err(e) => {
-                count(e.kind());
-                debug!(image = name, error = %e, "Image cannot be resolved.");
-                return ImageOutcome::Failed;
-            }
-        };
-        let Some(chain) = target.config.chain_id() else {
-            count("image_no_layers");
-            return ImageOutcome::Failed;
-        };
-        // From the view to its removal, the job holds a view in containerd and open files: at
-        // most a few such jobs run at once.
-        let mut permit = self.bounds.image().await;
-        // /images/create comes before the unpack: wait for the snapshot to exist.
-        let mut delay = Duration::from_millis(200);
-        let view = loop {
-            match client.open_view(ns, &self.snapshotter, &chain).await {
-                Ok(v) => break v,
-                Err(e) if e.is_not_found() && delay < Duration::from_secs(30) => {
-                    // Waiting holds no permit: another inspection goes meanwhile.
-                    drop(permit);
-                    tokio::time::sleep(delay).await;
-                    permit = self.bounds.image().await;
-                    delay *= 2;
-                }
-                Err(e) => {
-                    count(e.kind());
-                    debug!(image = name, error = %e, "Image snapshot cannot be viewed.");
-                    return ImageOutcome::Failed;
-                }
-            }
-        };
-        let process = Process {
-            argv: target.config.argv(),
-            path_env: target.config.path_env(),
-            cwd: target.config.cwd(),
-            user: None,
-        };
-        let mut findings = Vec::new();
-        let config_arch = target.config.arch();
-        if target.index_platforms.is_empty()
-            && config_arch.is_some_and(|a| node.nativity(a) != crate::platform::Nativity::Native)
-        {
-            findings.push(Finding {
-            code: "single_arch_image",
-            detail: format!(
-                "{name} points to a single linux/{} image, not a multi-arch index; deploy by the digest of an index that includes linux/{}",
-                config_arch.map(|a| a.to_string()).unwrap_or_default(),
-                node.arch
-            ),
-        });
-        }
-        let claimed = target.config.arch();
-        // The table as it is when the inspection starts, not when it was queued.
-        let table = self.binfmt.borrow().clone();
-        let result = inspect_off_runtime(
-            view.layers.clone(),
-            process,
-            claimed,
-            node.clone(),
-            table,
-            self.timeout,
-            m,
-            "image",
-        )
-        .await;
-        client.close_view(view).await;
-        drop(permit);
-        match result {
-            Ok(mut i) => {
-                i.findings.append(&mut findings);
-                crate::fix::settle(&mut i);
-                // A single-arch image that an index on the node lists beside a variant for
-                // the node: a stale copy of the tag.
-                if target.index_platforms.is_empty() && crate::fix::variant_matters(&i) {
-                    let _lookup = self.bounds.lookup().await;
-                    let manifest = &target.manifest_digest;
-                    if let Some(v) = stale_of(client, ns, name, manifest, node, self.timeout).await
-                    {
-                        crate::fix::note_variant(&mut i, &v);
-                    }
-                }
-                ImageOutcome::Verdict {
-                    digest: target.target_digest,
-                    inspection: Arc::new(i),
-                }
-            }
-            Err(f) => {
-                warn!(
-                    namespace = ns,
-                    image = name,
-                    error_kind = f.kind,
-                    "Pulled image could not be inspected: {}",
-                    f.detail
-                );
-                ImageOutcome::Failed
-            }
-        }
-    }
-}
-
-/// Where the layers `parent` of image `name` come from, within `timeout` (the answer only
-/// adds to a verdict: a lookup that fails or takes too long says nothing).
-pub(super) async fn origin_of(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    parent: &str,
-    timeout: Duration,
-) -> Option<containerd::Origin> {
-    match tokio::time::timeout(timeout, client.origin(ns, name, parent)).await {
-        Ok(Ok(o)) => Some(o),
-        Ok(Err(e)) => {
-            debug!(image = name, error = %e, "Image of the container unreadable.");
-            None
-        }
-        Err(_) => {
-            debug!(image = name, "Image of the container: no answer in time.");
-            None
-        }
-    }
-}
-
-/// Whether the single-arch image `name` (manifest `manifest`) is a stale copy of a tag,
-/// within `timeout`.
-pub(super) async fn stale_of(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    manifest: &str,
-    node: &Node,
-    timeout: Duration,
-) -> Option<crate::variant::Variant> {
-    match tokio::time::timeout(timeout, client.stale(ns, name, manifest, node)).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            debug!(image = name, error = %e, "Indexes of the repository unreadable.");
-            None
-        }
-        Err(_) => {
-            debug!(
-                image = name,
-                "Indexes of the repository: no answer in time."
-            );
-            None
-        }
-    }
-}
-
 /// Runs one inspection on the blocking pool within `timeout`; errors are counted by kind.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn inspect_off_runtime(
+pub(crate) async fn inspect_off_runtime(
     layers: Vec<PathBuf>,
     process: Process,
     claimed: Option<crate::platform::Arch>,

@@ -7,7 +7,8 @@
 use chrono::Utc;
 use tracing::info;
 
-use super::{Pipeline, Record};
+use crate::agent::pipeline::Pipeline;
+use crate::agent::report::Record;
 use crate::inspect::Inspection;
 use crate::pipeline::Key;
 use crate::sinks::{kube_events, metrics};
@@ -16,7 +17,7 @@ impl Pipeline {
     /// A container that will run only under emulation: said once, when its verdict lands
     /// and its init process started (or it was deleted); counted in `containers_emulated`
     /// while its init process is confirmed to run under the emulator.
-    pub(super) fn note_emulated(&mut self, key: &Key) {
+    pub(crate) fn note_emulated(&mut self, key: &Key) {
         let Some(check) = self.tracker.emulation_check(key) else {
             return;
         };
@@ -92,7 +93,7 @@ impl Pipeline {
 
     /// Periodic: a container reported before its process had exec'd (its exe was still the
     /// runtime's) is counted once the emulator shows.
-    pub(super) fn confirm_pending_emulation(&mut self) {
+    pub(crate) fn confirm_pending_emulation(&mut self) {
         for (key, pid, i) in self.tracker.unconfirmed_emulation() {
             if self.confirm_emulation(pid, &i).is_some() {
                 self.tracker.emulation_confirmed(&key, emulated_label(&i));
@@ -102,7 +103,7 @@ impl Pipeline {
 
     /// `containers_emulated` from the records: a container that is gone counts no more,
     /// however it went.
-    pub(super) fn sync_emulated_gauge(&self) {
+    pub(crate) fn sync_emulated_gauge(&self) {
         for (label, n) in self.tracker.emulated() {
             self.sinks
                 .metrics

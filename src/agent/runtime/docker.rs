@@ -17,8 +17,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::jobs::{inspect_off_runtime, Done, FromImage, ImageOutcome, InspectFailure};
-use super::{backoff, Config, Input};
+use crate::agent::jobs::{inspect_off_runtime, Done, FromImage, ImageOutcome, InspectFailure};
+use crate::agent::pipeline::Input;
+use crate::agent::runtime::backoff;
+use crate::agent::Config;
 use crate::containerd::event::{Envelope, Event};
 use crate::diagnose::{Identity, Runtime};
 use crate::docker::{self, Change, Client, DockerError, Layers};
@@ -29,7 +31,7 @@ use crate::sinks::metrics::{self, Metrics};
 
 /// Connect, subscribe, list, forward; on any failure back off (capped, jittered) and redo,
 /// as for containerd, and never touching the containerd side.
-pub(super) async fn watch(
+pub(crate) async fn watch(
     host: String,
     timeout: Duration,
     metrics: Metrics,
@@ -282,7 +284,7 @@ async fn layer_dirs(
 
 /// Reads a Docker container's record: who it is, what it runs as whom, its layers, and
 /// (with `ask_history`, at a reconcile) what became of it.
-pub(super) async fn identify(
+pub(crate) async fn identify(
     client: &Client,
     containerd: Option<&crate::containerd::Client>,
     key: Key,
@@ -389,7 +391,7 @@ pub(super) async fn identify(
 
 /// Whether a container that never got a task had its start refused: Docker records that
 /// in the container's state (`State.Error`, exit code 127 or 126) and sends no event.
-pub(super) async fn asked(client: &Client, key: Key) -> Done {
+pub(crate) async fn asked(client: &Client, key: Key) -> Done {
     let history = match client.container(&key.id).await {
         Ok(c) => {
             if let Some(e) = &c.error {
@@ -406,7 +408,7 @@ pub(super) async fn asked(client: &Client, key: Key) -> Done {
 }
 
 /// An image name's content (the image ID), as `Done::ImageNamed`.
-pub(super) async fn image_named(client: &Client, ns: String, name: String) -> Done {
+pub(crate) async fn image_named(client: &Client, ns: String, name: String) -> Done {
     let digest = match client.image(&name).await {
         Ok(i) => Some(i.id),
         Err(e) => {
@@ -423,17 +425,17 @@ pub(super) async fn image_named(client: &Client, ns: String, name: String) -> Do
 }
 
 /// What an image inspection on Docker needs.
-pub(super) struct ImageJob {
-    pub(super) node: Node,
-    pub(super) binfmt: tokio::sync::watch::Receiver<Arc<crate::binfmt::Table>>,
-    pub(super) timeout: Duration,
-    pub(super) metrics: Metrics,
-    pub(super) bounds: super::jobs::Bounds,
+pub(crate) struct ImageJob {
+    pub(crate) node: Node,
+    pub(crate) binfmt: tokio::sync::watch::Receiver<Arc<crate::binfmt::Table>>,
+    pub(crate) timeout: Duration,
+    pub(crate) metrics: Metrics,
+    pub(crate) bounds: crate::agent::jobs::Bounds,
 }
 
 impl ImageJob {
     /// Reads the image's record and inspects its layers as its containers would run them.
-    pub(super) async fn run(
+    pub(crate) async fn run(
         self,
         client: &Client,
         containerd: Option<&crate::containerd::Client>,
@@ -494,6 +496,6 @@ impl ImageJob {
 }
 
 /// Whether the agent was told to follow Docker and the key is one of Docker's.
-pub(super) fn is_docker(cfg: &Config, key_namespace: &str) -> bool {
+pub(crate) fn is_docker(cfg: &Config, key_namespace: &str) -> bool {
     cfg.docker_host.is_some() && key_namespace == docker::NAMESPACE
 }

@@ -1,0 +1,233 @@
+//! A container's jobs: reading its record, inspecting its files, asking what became of it;
+//! and saying when it could not be judged.
+
+use crate::containerd::Client;
+use crate::diagnose::Identity;
+use crate::pipeline::{CacheKey, Key, Process};
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tracing::warn;
+
+use crate::agent::jobs::*;
+use crate::agent::pipeline::*;
+use crate::agent::runtime::docker;
+
+impl Pipeline {
+    /// Reads the container record (argv, identity, layers) off the pipeline; with
+    /// `ask_history`, also what the runtime remembers of a container that has no task.
+    pub(crate) fn identify(
+        &mut self,
+        key: Key,
+        record: Option<containerd_client::services::v1::Container>,
+        rootfs: Option<Vec<containerd_client::types::Mount>>,
+        ask_history: bool,
+    ) {
+        if docker::is_docker(&self.cfg, &key.namespace) {
+            let Some(client) = self.docker.clone() else {
+                return;
+            };
+            let containerd = self.live_containerd();
+            let errors = self.sinks.metrics.inspection_errors.clone();
+            let bounds = self.bounds.clone();
+            let job_key = key.clone();
+            self.spawn_container_job(job_key, async move {
+                let _permit = bounds.lookup().await;
+                docker::identify(&client, containerd.as_ref(), key, ask_history, &errors).await
+            });
+            return;
+        }
+        let Some(client) = self.client.clone() else {
+            // Judged at the next reconcile.
+            return;
+        };
+        let errors = self.sinks.metrics.inspection_errors.clone();
+        let bounds = self.bounds.clone();
+        let job_key = key.clone();
+        self.spawn_container_job(job_key, async move {
+            let _permit = bounds.lookup().await;
+            identify_job(&client, key, record, rootfs, ask_history, &errors).await
+        });
+    }
+    /// A container seen for the first time: true when it is new to the tracker.
+    pub(crate) fn created(&mut self, key: Key, at: DateTime<Utc>) -> bool {
+        if docker::is_docker(&self.cfg, &key.namespace) {
+            self.tracker.container_created_recording_refusals(key, at)
+        } else {
+            self.tracker.container_created(key, at)
+        }
+    }
+    /// Asks Docker whether the containers that never got a task had their start refused.
+    pub(crate) fn ask_refusals(&mut self) {
+        let keys = self.tracker.take_to_ask();
+        let Some(client) = self.docker.clone() else {
+            return;
+        };
+        for key in keys {
+            let client = client.clone();
+            let bounds = self.bounds.clone();
+            self.jobs.spawn(async move {
+                let _permit = bounds.lookup().await;
+                Some(docker::asked(&client, key).await)
+            });
+        }
+    }
+    /// The live containerd client, if the agent follows one.
+    pub(crate) fn live_containerd(&self) -> Option<Client> {
+        match &self.client {
+            Some(Lookup::Live(c)) => Some(c.clone()),
+            _ => None,
+        }
+    }
+    /// Spawns a job about container `key`, marked under way in its record until it
+    /// answers; a job that panics answers [`Done::Lost`].
+    pub(crate) fn spawn_container_job(
+        &mut self,
+        key: Key,
+        job: impl std::future::Future<Output = Done> + Send + 'static,
+    ) {
+        self.tracker.job_started(&key);
+        self.jobs.spawn(async move {
+            Some(
+                AssertUnwindSafe(job)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or(Done::Lost(key)),
+            )
+        });
+    }
+    /// Containers whose deferred failure found them gone at a reconcile: said now.
+    pub(crate) fn journal_gone_unjudged(&mut self) {
+        for (key, who, d) in self.tracker.take_gone_unjudged() {
+            let f = InspectFailure {
+                kind: d.kind,
+                detail: d.detail,
+                retry: false,
+            };
+            self.inspection_failed_as(&key, Some(who), &f);
+        }
+    }
+    /// A container that will run only under emulation: said once, when its verdict lands.
+    /// Says which container went unjudged and why, in the log and the journal.
+    pub(crate) fn inspection_failed(&mut self, key: &Key, f: &InspectFailure) {
+        self.inspection_failed_as(key, None, f);
+    }
+    pub(crate) fn inspection_failed_as(
+        &mut self,
+        key: &Key,
+        known: Option<Identity>,
+        f: &InspectFailure,
+    ) {
+        let who = match known.as_ref().or(self.tracker.identity(key)) {
+            Some(w) if !w.container_id.is_empty() => w.clone(),
+            // The record itself was unreadable (gone before it could be read: a container
+            // removed that fast leaves nothing to judge it by): the key is all there is.
+            _ => Identity {
+                containerd_namespace: key.namespace.clone(),
+                container_id: key.id.clone(),
+                runtime: if docker::is_docker(&self.cfg, &key.namespace) {
+                    crate::diagnose::Runtime::Docker
+                } else {
+                    crate::diagnose::Runtime::Containerd
+                },
+                ..Identity::default()
+            },
+        };
+        warn!(
+            namespace = who.namespace(),
+            pod = who.pod.as_deref().unwrap_or(""),
+            container = who.container.as_deref().unwrap_or(&who.container_id),
+            image = %who.image,
+            error_kind = f.kind,
+            "Container could not be inspected; an exec failure of it cannot be diagnosed: {}",
+            f.detail
+        );
+        let node = self.cfg.node_name.clone();
+        self.sinks.write(&Record::InspectionFailed {
+            diagnosed_at: Utc::now(),
+            node: &node,
+            identity: &who,
+            error_kind: f.kind,
+            error: &f.detail,
+        });
+    }
+    pub(crate) fn inspect_container(
+        &mut self,
+        key: Key,
+        process: Process,
+        cache_key: Option<CacheKey>,
+        layers: Vec<PathBuf>,
+        from: FromImage,
+    ) {
+        let node = self.cfg.node.clone();
+        let binfmt = self.binfmt.clone();
+        let timeout = self.cfg.inspect_timeout;
+        let m = self.sinks.metrics.clone();
+        let bounds = self.bounds.clone();
+        let job_key = key.clone();
+        // Docker's containers have no containerd image to tell the variant by.
+        let live = if docker::is_docker(&self.cfg, &key.namespace) {
+            None
+        } else {
+            self.live_containerd()
+        };
+        self.spawn_container_job(job_key, async move {
+            let ns = key.namespace.as_str();
+            // The variant the layers are, and what its config claims (a config that lies
+            // about the binary is the build stage's doing).
+            let origin = match (&live, &from.parent) {
+                (Some(c), Some(parent)) => {
+                    let _lookup = bounds.lookup().await;
+                    origin_of(c, ns, &from.image, parent, timeout).await
+                }
+                _ => None,
+            };
+            let claimed = origin
+                .as_ref()
+                .and_then(|o| o.config.as_ref())
+                .and_then(|c| c.arch())
+                .or(from.claimed);
+            let permit = bounds.container().await;
+            // The table as it is when the inspection starts, not when it was queued.
+            let table = binfmt.borrow().clone();
+            let mut result = inspect_off_runtime(
+                layers,
+                process,
+                claimed,
+                node.clone(),
+                table,
+                timeout,
+                &m,
+                "container",
+            )
+            .await;
+            drop(permit);
+            // A verdict about a binary of another arch: was the variant forced, or is the
+            // node's copy of the tag stale?
+            if let (Ok(i), Some(o)) = (&mut result, &origin) {
+                if crate::fix::variant_matters(i) {
+                    let v = match (&from.parent, &live) {
+                        (Some(parent), _) if !o.manifests.is_empty() => {
+                            o.forced(&from.image, parent, &node)
+                        }
+                        (_, Some(c)) if o.manifests.is_empty() => {
+                            let _lookup = bounds.lookup().await;
+                            stale_of(c, ns, &from.image, &o.target_digest, &node, timeout).await
+                        }
+                        _ => None,
+                    };
+                    if let Some(v) = v {
+                        crate::fix::note_variant(i, &v);
+                    }
+                }
+            }
+            Done::ContainerInspected {
+                key,
+                cache_key,
+                result: result.map(Arc::new),
+            }
+        });
+    }
+}
