@@ -46,7 +46,7 @@ pub(crate) async fn replay_feed(cfg: Config, metrics: Metrics, r: Replay, tx: mp
         elapsed: Duration::ZERO,
     };
     let reconciled = Input::Reconciled {
-        client: Lookup::Recorded(r.recording),
+        connection: Connection::Containerd(Lookup::Recorded(r.recording)),
         listing: Box::default(),
     };
     if tx.send(reconciled).await.is_err() {

@@ -1,7 +1,6 @@
 //! A container's jobs: reading its record, inspecting its files, asking what became of it;
 //! and saying when it could not be judged.
 
-use crate::containerd::Client;
 use crate::diagnose::Identity;
 use crate::pipeline::{CacheKey, Key, Process};
 use chrono::{DateTime, Utc};
@@ -13,74 +12,51 @@ use tracing::warn;
 
 use crate::agent::jobs::*;
 use crate::agent::pipeline::*;
-use crate::agent::runtime::docker;
+use crate::agent::runtime::Hint;
 
 impl Pipeline {
     /// Reads the container record (argv, identity, layers) off the pipeline; with
     /// `ask_history`, also what the runtime remembers of a container that has no task.
-    pub(crate) fn identify(
-        &mut self,
-        key: Key,
-        record: Option<containerd_client::services::v1::Container>,
-        rootfs: Option<Vec<containerd_client::types::Mount>>,
-        ask_history: bool,
-    ) {
-        if docker::is_docker(&self.cfg, &key.namespace) {
-            let Some(client) = self.docker.clone() else {
-                return;
-            };
-            let containerd = self.live_containerd();
-            let errors = self.sinks.metrics.inspection_errors.clone();
-            let bounds = self.bounds.clone();
-            let job_key = key.clone();
-            self.spawn_container_job(job_key, async move {
-                let _permit = bounds.lookup().await;
-                docker::identify(&client, containerd.as_ref(), key, ask_history, &errors).await
-            });
-            return;
-        }
-        let Some(client) = self.client.clone() else {
-            // Judged at the next reconcile.
+    pub(crate) fn identify(&mut self, key: Key, hint: Hint, ask_history: bool) {
+        let errors = self.sinks.metrics.inspection_errors.clone();
+        let Some(job) = self
+            .runtimes
+            .identify(key.clone(), hint, ask_history, errors)
+        else {
+            // Its runtime is away: judged at the next reconcile.
             return;
         };
-        let errors = self.sinks.metrics.inspection_errors.clone();
         let bounds = self.bounds.clone();
-        let job_key = key.clone();
-        self.spawn_container_job(job_key, async move {
+        self.spawn_container_job(key, async move {
             let _permit = bounds.lookup().await;
-            identify_job(&client, key, record, rootfs, ask_history, &errors).await
+            job.await
         });
     }
+
     /// A container seen for the first time: true when it is new to the tracker.
     pub(crate) fn created(&mut self, key: Key, at: DateTime<Utc>) -> bool {
-        if docker::is_docker(&self.cfg, &key.namespace) {
+        if self.runtimes.records_refusals(&key.namespace) {
             self.tracker.container_created_recording_refusals(key, at)
         } else {
             self.tracker.container_created(key, at)
         }
     }
-    /// Asks Docker whether the containers that never got a task had their start refused.
+
+    /// Asks the runtime whether the containers that never got a task had their start
+    /// refused.
     pub(crate) fn ask_refusals(&mut self) {
-        let keys = self.tracker.take_to_ask();
-        let Some(client) = self.docker.clone() else {
-            return;
-        };
-        for key in keys {
-            let client = client.clone();
+        for key in self.tracker.take_to_ask() {
+            let Some(job) = self.runtimes.ask(key) else {
+                continue;
+            };
             let bounds = self.bounds.clone();
             self.jobs.spawn(async move {
                 let _permit = bounds.lookup().await;
-                Some(docker::asked(&client, key).await)
+                Some(job.await)
             });
         }
     }
-    /// The live containerd client, if the agent follows one.
-    pub(crate) fn live_containerd(&self) -> Option<Client> {
-        match &self.client {
-            Some(Lookup::Live(c)) => Some(c.clone()),
-            _ => None,
-        }
-    }
+
     /// Spawns a job about container `key`, marked under way in its record until it
     /// answers; a job that panics answers [`Done::Lost`].
     pub(crate) fn spawn_container_job(
@@ -127,11 +103,7 @@ impl Pipeline {
             _ => Identity {
                 containerd_namespace: key.namespace.clone(),
                 container_id: key.id.clone(),
-                runtime: if docker::is_docker(&self.cfg, &key.namespace) {
-                    crate::diagnose::Runtime::Docker
-                } else {
-                    crate::diagnose::Runtime::Containerd
-                },
+                runtime: self.runtimes.runtime(&key.namespace),
                 ..Identity::default()
             },
         };
@@ -167,20 +139,16 @@ impl Pipeline {
         let m = self.sinks.metrics.clone();
         let bounds = self.bounds.clone();
         let job_key = key.clone();
-        // Docker's containers have no containerd image to tell the variant by.
-        let live = if docker::is_docker(&self.cfg, &key.namespace) {
-            None
-        } else {
-            self.live_containerd()
-        };
+        // Where the runtime can tell which variant of the image the container runs.
+        let variants = self.runtimes.variants(&key.namespace);
         self.spawn_container_job(job_key, async move {
             let ns = key.namespace.as_str();
             // The variant the layers are, and what its config claims (a config that lies
             // about the binary is the build stage's doing).
-            let origin = match (&live, &from.parent) {
-                (Some(c), Some(parent)) => {
+            let origin = match (&variants, &from.parent) {
+                (Some(v), Some(parent)) => {
                     let _lookup = bounds.lookup().await;
-                    origin_of(c, ns, &from.image, parent, timeout).await
+                    v.origin(ns, &from.image, parent, timeout).await
                 }
                 _ => None,
             };
@@ -208,13 +176,14 @@ impl Pipeline {
             // node's copy of the tag stale?
             if let (Ok(i), Some(o)) = (&mut result, &origin) {
                 if crate::fix::variant_matters(i) {
-                    let v = match (&from.parent, &live) {
+                    let v = match (&from.parent, &variants) {
                         (Some(parent), _) if !o.manifests.is_empty() => {
                             o.forced(&from.image, parent, &node)
                         }
-                        (_, Some(c)) if o.manifests.is_empty() => {
+                        (_, Some(v)) if o.manifests.is_empty() => {
                             let _lookup = bounds.lookup().await;
-                            stale_of(c, ns, &from.image, &o.target_digest, &node, timeout).await
+                            v.stale(ns, &from.image, &o.target_digest, &node, timeout)
+                                .await
                         }
                         _ => None,
                     };

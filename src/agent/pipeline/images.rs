@@ -11,15 +11,13 @@ use tracing::{info, warn};
 
 use crate::agent::jobs::*;
 use crate::agent::pipeline::*;
-use crate::agent::runtime::docker;
+use crate::agent::runtime::{ImageParams, Which};
 
 impl Pipeline {
-    /// Docker's image names now: new ones are judged, gone ones forgotten.
-    pub(crate) fn docker_images(&mut self, names: Vec<String>) {
-        let ns = crate::docker::NAMESPACE;
-        let listed: Vec<(String, String)> =
-            names.into_iter().map(|n| (ns.to_string(), n)).collect();
-        for (ns, name) in self.images.reconciled_in(&listed, |n| n == ns) {
+    /// A runtime's image names now: new ones are judged, gone ones forgotten.
+    pub(crate) fn images_listed(&mut self, which: Which, names: &[(String, String)]) {
+        let scope = self.runtimes.scope(which);
+        for (ns, name) in self.images.reconciled_in(names, scope) {
             self.inspect_image(ns, name);
         }
         let images = &self.images;
@@ -28,6 +26,7 @@ impl Pipeline {
             .retain_images(|ns, digest| images.display_name(ns, digest).is_some());
         self.update_image_gauge();
     }
+
     /// Lists `digest`'s verdict in the API under its most readable name in `ns`.
     pub(crate) fn show_image(&mut self, ns: &str, digest: &str, i: &Inspection) {
         if let Some(name) = self.images.display_name(ns, digest) {
@@ -82,11 +81,7 @@ impl Pipeline {
                 ));
             }
         }
-        let runtime = if docker::is_docker(&self.cfg, ns) {
-            crate::diagnose::Runtime::Docker
-        } else {
-            crate::diagnose::Runtime::Containerd
-        };
+        let runtime = self.runtimes.runtime(ns);
         self.sinks.write(&Record::Image {
             diagnosed_at: Utc::now(),
             node: &node,
@@ -122,76 +117,24 @@ impl Pipeline {
     }
     /// Resolves an image name to its target digest; the content is judged once per digest.
     pub(crate) fn inspect_image(&mut self, ns: String, name: String) {
-        if docker::is_docker(&self.cfg, &ns) {
-            let Some(client) = self.docker.clone() else {
-                return;
-            };
-            if !self.images.want((ns.clone(), name.clone())) {
-                return;
-            }
-            let bounds = self.bounds.clone();
-            self.jobs.spawn(async move {
-                let _permit = bounds.lookup().await;
-                Some(docker::image_named(&client, ns, name).await)
-            });
-            return;
-        }
-        // A recording carries no image content: images are judged live only.
-        let Some(Lookup::Live(client)) = self.client.clone() else {
-            return;
-        };
         if !self.images.want((ns.clone(), name.clone())) {
             return;
         }
+        let Some(job) = self.runtimes.image_named(ns.clone(), name.clone()) else {
+            // Its runtime is away (or a recording, which carries no image content).
+            self.images.unnamed(&(ns, name));
+            return;
+        };
         let bounds = self.bounds.clone();
         self.jobs.spawn(async move {
             let _permit = bounds.lookup().await;
-            let target = client.image(&ns, &name).await.ok().and_then(|i| i.target);
-            let index = target
-                .as_ref()
-                .is_some_and(|t| crate::variant::is_index(&t.media_type));
-            Some(Done::ImageNamed {
-                ns,
-                name,
-                digest: target.map(|t| t.digest),
-                index,
-            })
+            Some(job.await)
         });
     }
+
     /// Inspects the content `digest` through one of its names.
     pub(crate) fn spawn_image_job(&mut self, ns: String, name: String, expected: String) {
-        if docker::is_docker(&self.cfg, &ns) {
-            let Some(client) = self.docker.clone() else {
-                self.images.judged(&expected, None);
-                return;
-            };
-            let containerd = self.live_containerd();
-            let job = docker::ImageJob {
-                node: self.cfg.node.clone(),
-                binfmt: self.binfmt.clone(),
-                timeout: self.cfg.inspect_timeout,
-                metrics: self.sinks.metrics.clone(),
-                bounds: self.bounds.clone(),
-            };
-            self.jobs.spawn(async move {
-                let outcome = AssertUnwindSafe(job.run(&client, containerd.as_ref(), &name))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or(ImageOutcome::Failed);
-                Some(Done::Image {
-                    ns,
-                    name,
-                    expected,
-                    outcome,
-                })
-            });
-            return;
-        }
-        let Some(Lookup::Live(client)) = self.client.clone() else {
-            self.images.judged(&expected, None);
-            return;
-        };
-        let job = ImageJob {
+        let params = ImageParams {
             node: self.cfg.node.clone(),
             binfmt: self.binfmt.clone(),
             timeout: self.cfg.inspect_timeout,
@@ -199,10 +142,14 @@ impl Pipeline {
             metrics: self.sinks.metrics.clone(),
             bounds: self.bounds.clone(),
         };
+        let Some(job) = self.runtimes.image_job(ns.clone(), name.clone(), params) else {
+            self.images.judged(&expected, None);
+            return;
+        };
         self.jobs.spawn(async move {
             // A job that panics leaves the content unjudged (tried again at a reconcile),
             // never marked as under way for ever.
-            let outcome = AssertUnwindSafe(job.run(&client, &ns, &name))
+            let outcome = AssertUnwindSafe(job)
                 .catch_unwind()
                 .await
                 .unwrap_or(ImageOutcome::Failed);

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::binfmt::Table;
-use crate::containerd::event::{self, Envelope, Event};
 use crate::inspect::Verdict;
 use crate::pipeline::images::{Images, Named};
 use crate::pipeline::{Key, Tracker};
@@ -22,7 +21,6 @@ use tracing::{debug, info, warn};
 
 use crate::agent::jobs::*;
 use crate::agent::report::*;
-use crate::agent::runtime::containerd::*;
 use crate::agent::runtime::*;
 use crate::agent::*;
 
@@ -30,45 +28,34 @@ mod containers;
 mod emulation;
 mod images;
 
-/// What the watcher tells the pipeline.
+/// What the watchers tell the pipeline.
 pub(crate) enum Input {
-    /// A fresh connection and everything containerd lists right after subscribing.
+    /// A fresh connection to a runtime and everything it lists right after subscribing.
     Reconciled {
-        client: Lookup,
+        connection: Connection,
         listing: Box<Listing>,
     },
     Event(Envelope),
-    Disconnected,
-    /// A fresh connection to Docker Engine, with every container id and image name it
-    /// lists right after subscribing.
-    DockerReconciled {
-        client: crate::docker::Client,
-        containers: Vec<String>,
-        images: Vec<String>,
+    Disconnected(Which),
+    /// A runtime's image names now (Docker, after an image event).
+    Images {
+        which: Which,
+        names: Vec<(String, String)>,
     },
-    DockerDisconnected,
-    /// Docker's image names after an image event.
-    DockerImages(Vec<String>),
-    /// The init pid of a started Docker container, read from its record.
-    DockerPid {
-        id: String,
+    /// The init pid of a started container, learnt after its start.
+    Pid {
+        key: Key,
         pid: u32,
     },
     /// Answered once every job started so far has finished (a replay's end).
     Drained(tokio::sync::oneshot::Sender<()>),
 }
 
-/// Task status codes of containerd's Process message.
-pub(crate) const TASK_RUNNING: i32 = 2;
-pub(crate) const TASK_STOPPED: i32 = 3;
-pub(crate) const TASK_PAUSED: i32 = 4;
-
 pub(crate) struct Pipeline {
     cfg: Config,
     tracker: Tracker,
-    client: Option<Lookup>,
-    /// Docker Engine while connected (with `--docker-host`).
-    docker: Option<crate::docker::Client>,
+    /// The runtimes followed, and their connections.
+    runtimes: Runtimes,
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
     binfmt: watch::Receiver<Arc<Table>>,
     /// Image verdicts by content, however many names point at it.
@@ -106,11 +93,11 @@ pub(crate) async fn pipeline(
         );
         images.already_warned(seen.images);
     }
+    let runtimes = Runtimes::new(&cfg);
     let mut p = Pipeline {
         tracker,
         cfg,
-        client: None,
-        docker: None,
+        runtimes,
         drained: Vec::new(),
         binfmt,
         images,
@@ -164,36 +151,26 @@ pub(crate) async fn pipeline(
 impl Pipeline {
     pub(crate) fn input(&mut self, input: Input) {
         match input {
-            Input::Disconnected => {
-                self.client = None;
-                self.update_ready();
-                self.sinks.api.set_connected(false, false);
+            Input::Disconnected(which) => {
+                self.runtimes.disconnected(which);
+                self.ready.set(self.runtimes.ready());
+                if which == Which::Containerd {
+                    self.sinks.api.set_connected(false, false);
+                }
             }
-            Input::Reconciled { client, listing } => {
-                self.client = Some(client);
-                self.reconcile(*listing);
-                self.update_ready();
-                self.sinks.api.set_connected(true, true);
-            }
-            Input::DockerDisconnected => {
-                self.docker = None;
-                self.update_ready();
-            }
-            Input::DockerReconciled {
-                client,
-                containers,
-                images,
+            Input::Reconciled {
+                connection,
+                listing,
             } => {
-                self.docker = Some(client);
-                self.reconcile_docker(containers, images);
-                self.update_ready();
+                let which = self.runtimes.connected(connection);
+                self.reconcile(which, *listing);
+                self.ready.set(self.runtimes.ready());
+                if which == Which::Containerd {
+                    self.sinks.api.set_connected(true, true);
+                }
             }
-            Input::DockerImages(names) => self.docker_images(names),
-            Input::DockerPid { id, pid } => {
-                let key = Key {
-                    namespace: crate::docker::NAMESPACE.into(),
-                    id,
-                };
+            Input::Images { which, names } => self.images_listed(which, &names),
+            Input::Pid { key, pid } => {
                 self.tracker.init_pid(&key, pid);
                 self.note_emulated(&key);
             }
@@ -201,116 +178,49 @@ impl Pipeline {
             Input::Drained(t) => self.drained.push(t),
         }
     }
-    /// Ready when every runtime the agent follows is connected and listed.
-    pub(crate) fn update_ready(&mut self) {
-        let containerd = self.cfg.address.is_none() || self.client.is_some();
-        let docker = self.cfg.docker_host.is_none() || self.docker.is_some();
-        self.ready.set(containerd && docker);
-    }
-    /// In scope of the containerd side's reconcile: every namespace but Docker's when Docker
-    /// is followed.
-    pub(crate) fn containerd_scope(&self) -> impl Fn(&str) -> bool {
-        let docker = self.cfg.docker_host.is_some();
-        move |ns: &str| !(docker && ns == crate::docker::NAMESPACE)
-    }
-    /// What Docker lists right after subscribing: containers not seen yet are judged, with
-    /// what became of them (one that died while the agent was away is reported from its
-    /// record); what went is forgotten; image names are reconciled.
-    pub(crate) fn reconcile_docker(&mut self, containers: Vec<String>, images: Vec<String>) {
+
+    /// What a runtime lists right after subscribing: what went while the agent was away
+    /// goes from every bit of state; what a dropped connection left unjudged is judged
+    /// again; containers not seen yet are judged, and those without a task (or all, where
+    /// the runtime lists none) with what became of them; listed exits are diagnosed.
+    pub(crate) fn reconcile(&mut self, which: Which, l: Listing) {
         let now = Utc::now();
-        let ns = crate::docker::NAMESPACE;
-        let keys: Vec<Key> = containers
-            .into_iter()
-            .map(|id| Key {
-                namespace: ns.to_string(),
-                id,
-            })
-            .collect();
-        let seen: HashSet<Key> = keys.iter().cloned().collect();
-        let again: HashSet<Key> = self
-            .tracker
-            .reconciled_in(&seen, |k| k.namespace == ns)
-            .into_iter()
-            .collect();
-        self.journal_gone_unjudged();
-        for key in keys {
-            if again.contains(&key) || self.created(key.clone(), now) {
-                self.identify(key, None, None, true);
-            }
-        }
-        self.docker_images(images);
-    }
-    pub(crate) fn reconcile(&mut self, l: Listing) {
-        let now = Utc::now();
-        // containerd 1.6 leaves container_id empty in Tasks.List; the init process's id is
-        // the container's.
-        let task_key = |ns: &str, t: &containerd_client::types::v1::Process| Key {
-            namespace: ns.to_string(),
-            id: if t.container_id.is_empty() {
-                t.id.clone()
-            } else {
-                t.container_id.clone()
-            },
-        };
-        let with_task: HashSet<Key> = l.tasks.iter().map(|(ns, t)| task_key(ns, t)).collect();
-        let seen: HashSet<Key> = l
-            .containers
-            .iter()
-            .map(|(ns, c)| Key {
-                namespace: ns.clone(),
-                id: c.id.clone(),
-            })
-            .collect();
-        // What went while the agent was away goes from every bit of state; what a dropped
-        // connection left unjudged is judged again.
-        let scope = self.containerd_scope();
+        let scope = self.runtimes.scope(which);
+        let with_task: HashSet<Key> = l.tasks.iter().map(|(k, _)| k.clone()).collect();
+        let seen: HashSet<Key> = l.containers.iter().map(|(k, _)| k.clone()).collect();
         let again: HashSet<Key> = self
             .tracker
             .reconciled_in(&seen, |k| scope(&k.namespace))
             .into_iter()
             .collect();
         self.journal_gone_unjudged();
-        for (ns, c) in l.containers {
-            let key = Key {
-                namespace: ns,
-                id: c.id.clone(),
-            };
+        for (key, hint) in l.containers {
             // First seen here: without a task, only the runtime knows whether it ran.
-            let ask = !with_task.contains(&key);
+            let ask = l.records_say || !with_task.contains(&key);
             if again.contains(&key) {
                 debug!(container = %key.id, "Judging again what a dropped connection left unjudged.");
-                self.identify(key, Some(c), None, ask);
-            } else if self.tracker.container_created(key.clone(), now) {
-                self.identify(key, Some(c), None, ask);
+                self.identify(key, hint, ask);
+            } else if self.created(key.clone(), now) {
+                self.identify(key, hint, ask);
             }
         }
-        for (ns, t) in l.tasks {
-            let key = task_key(&ns, &t);
-            match t.status {
-                TASK_STOPPED if t.exit_status != 0 => {
-                    let at = event::timestamp(t.exited_at.as_ref());
+        for (key, t) in l.tasks {
+            match t {
+                Task::Stopped { exit_status, at } if exit_status != 0 => {
                     for d in self
                         .tracker
-                        .task_stopped_before_watch(&key, t.exit_status, at)
+                        .task_stopped_before_watch(&key, exit_status, at)
                     {
                         self.sinks.exec_failure(&d);
                     }
                 }
-                TASK_RUNNING | TASK_PAUSED => self.tracker.task_running(&key, t.pid),
-                TASK_STOPPED => self.tracker.task_created(&key),
-                _ => self.tracker.task_created(&key),
+                Task::Running { pid } => self.tracker.task_running(&key, pid),
+                Task::Stopped { .. } | Task::Created => self.tracker.task_created(&key),
             }
         }
-        let scope = self.containerd_scope();
-        for (ns, name) in self.images.reconciled_in(&l.images, scope) {
-            self.inspect_image(ns, name);
-        }
-        let images = &self.images;
-        self.sinks
-            .api
-            .retain_images(|ns, digest| images.display_name(ns, digest).is_some());
-        self.update_image_gauge();
+        self.images_listed(which, &l.images);
     }
+
     pub(crate) fn event(&mut self, env: Envelope) {
         let ns = env.namespace;
         let at = env.timestamp.unwrap_or_else(Utc::now);
@@ -335,7 +245,7 @@ impl Pipeline {
             Event::ContainerCreate { id, .. } => {
                 let k = key(id);
                 if self.created(k.clone(), at) {
-                    self.identify(k, None, None, false);
+                    self.identify(k, Hint::default(), false);
                 }
                 Vec::new()
             }
@@ -352,7 +262,14 @@ impl Pipeline {
                 let k = key(container_id);
                 self.tracker.task_created(&k);
                 if !self.tracker.knows(&k) && self.created(k.clone(), at) {
-                    self.identify(k, None, Some(rootfs), false);
+                    self.identify(
+                        k,
+                        Hint {
+                            record: None,
+                            rootfs: Some(rootfs),
+                        },
+                        false,
+                    );
                 }
                 Vec::new()
             }

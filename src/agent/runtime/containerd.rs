@@ -24,13 +24,6 @@ use crate::agent::runtime::*;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-#[derive(Default)]
-pub(crate) struct Listing {
-    pub(crate) images: Vec<(String, String)>,
-    pub(crate) containers: Vec<(String, containerd_client::services::v1::Container)>,
-    pub(crate) tasks: Vec<(String, containerd_client::types::v1::Process)>,
-}
-
 /// Whether the containerd side follows namespace `ns`: Docker's own (`moby`) is followed
 /// through Docker when the agent follows Docker.
 pub(crate) fn wanted(cfg: &Config, ns: &str) -> bool {
@@ -69,7 +62,7 @@ pub(crate) async fn watch_containerd(
             Err(e) => {
                 metrics.containerd_connected.set(0);
                 live.disconnected();
-                let _ = tx.send(Input::Disconnected).await;
+                let _ = tx.send(Input::Disconnected(super::Which::Containerd)).await;
                 // One line per outage, not one per failed attempt.
                 if connected || attempt == 0 {
                     warn!(error = %e, address = %address.display(), "containerd connection lost; reconnecting.");
@@ -128,7 +121,7 @@ pub(crate) async fn session(
     info!(address = %address.display(), containers = listing.containers.len(), images = listing.images.len(), "Connected to containerd.");
     if tx
         .send(Input::Reconciled {
-            client: Lookup::Live(client.clone()),
+            connection: super::Connection::Containerd(Lookup::Live(client.clone())),
             listing: Box::new(listing),
         })
         .await
@@ -194,8 +187,8 @@ pub(crate) fn accept(
 pub(crate) async fn list_everything(
     cfg: &Config,
     client: &Client,
-) -> Result<Listing, ContainerdError> {
-    let mut l = Listing::default();
+) -> Result<super::Listing, ContainerdError> {
+    let mut l = super::Listing::default();
     for ns in client.namespaces().await? {
         if !wanted(cfg, &ns) {
             continue;
@@ -204,13 +197,48 @@ pub(crate) async fn list_everything(
             l.images.push((ns.clone(), i.name));
         }
         for c in client.containers(&ns).await? {
-            l.containers.push((ns.clone(), c));
+            let key = Key {
+                namespace: ns.clone(),
+                id: c.id.clone(),
+            };
+            let hint = super::Hint {
+                record: Some(c),
+                rootfs: None,
+            };
+            l.containers.push((key, hint));
         }
         for t in client.tasks(&ns).await? {
-            l.tasks.push((ns.clone(), t));
+            l.tasks.push(task(&ns, &t));
         }
     }
     Ok(l)
+}
+
+/// Task status codes of containerd's Process message.
+const TASK_RUNNING: i32 = 2;
+const TASK_STOPPED: i32 = 3;
+const TASK_PAUSED: i32 = 4;
+
+/// A listed task in the pipeline's terms. containerd 1.6 leaves `container_id` empty in
+/// Tasks.List; the init process's id is the container's.
+fn task(ns: &str, t: &containerd_client::types::v1::Process) -> (Key, super::Task) {
+    let key = Key {
+        namespace: ns.to_string(),
+        id: if t.container_id.is_empty() {
+            t.id.clone()
+        } else {
+            t.container_id.clone()
+        },
+    };
+    let state = match t.status {
+        TASK_STOPPED => super::Task::Stopped {
+            exit_status: t.exit_status,
+            at: crate::containerd::event::timestamp(t.exited_at.as_ref()),
+        },
+        TASK_RUNNING | TASK_PAUSED => super::Task::Running { pid: t.pid },
+        _ => super::Task::Created,
+    };
+    (key, state)
 }
 
 /// Reads a container's record (unless given), its spec, its layers and who it is.
@@ -467,8 +495,8 @@ impl ImageJob {
                 if target.index_platforms.is_empty() && crate::fix::variant_matters(&i) {
                     let _lookup = self.bounds.lookup().await;
                     let manifest = &target.manifest_digest;
-                    if let Some(v) = stale_of(client, ns, name, manifest, node, self.timeout).await
-                    {
+                    let variants = Variants(client.clone());
+                    if let Some(v) = variants.stale(ns, name, manifest, node, self.timeout).await {
                         crate::fix::note_variant(&mut i, &v);
                     }
                 }
@@ -491,50 +519,55 @@ impl ImageJob {
     }
 }
 
-/// Where the layers `parent` of image `name` come from, within `timeout` (the answer only
-/// adds to a verdict: a lookup that fails or takes too long says nothing).
-pub(crate) async fn origin_of(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    parent: &str,
-    timeout: Duration,
-) -> Option<containerd::Origin> {
-    match tokio::time::timeout(timeout, client.origin(ns, name, parent)).await {
-        Ok(Ok(o)) => Some(o),
-        Ok(Err(e)) => {
-            debug!(image = name, error = %e, "Image of the container unreadable.");
-            None
-        }
-        Err(_) => {
-            debug!(image = name, "Image of the container: no answer in time.");
-            None
+/// containerd's images and indexes, to tell which variant of an image a container runs.
+pub(crate) struct Variants(pub(crate) Client);
+
+impl Variants {
+    /// Where the layers `parent` of image `name` come from, within `timeout` (the answer only
+    /// adds to a verdict: a lookup that fails or takes too long says nothing).
+    pub(crate) async fn origin(
+        &self,
+        ns: &str,
+        name: &str,
+        parent: &str,
+        timeout: Duration,
+    ) -> Option<containerd::Origin> {
+        match tokio::time::timeout(timeout, self.0.origin(ns, name, parent)).await {
+            Ok(Ok(o)) => Some(o),
+            Ok(Err(e)) => {
+                debug!(image = name, error = %e, "Image of the container unreadable.");
+                None
+            }
+            Err(_) => {
+                debug!(image = name, "Image of the container: no answer in time.");
+                None
+            }
         }
     }
-}
 
-/// Whether the single-arch image `name` (manifest `manifest`) is a stale copy of a tag,
-/// within `timeout`.
-pub(crate) async fn stale_of(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    manifest: &str,
-    node: &Node,
-    timeout: Duration,
-) -> Option<crate::variant::Variant> {
-    match tokio::time::timeout(timeout, client.stale(ns, name, manifest, node)).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            debug!(image = name, error = %e, "Indexes of the repository unreadable.");
-            None
-        }
-        Err(_) => {
-            debug!(
-                image = name,
-                "Indexes of the repository: no answer in time."
-            );
-            None
+    /// Whether the single-arch image `name` (manifest `manifest`) is a stale copy of a tag,
+    /// within `timeout`.
+    pub(crate) async fn stale(
+        &self,
+        ns: &str,
+        name: &str,
+        manifest: &str,
+        node: &Node,
+        timeout: Duration,
+    ) -> Option<crate::variant::Variant> {
+        match tokio::time::timeout(timeout, self.0.stale(ns, name, manifest, node)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                debug!(image = name, error = %e, "Indexes of the repository unreadable.");
+                None
+            }
+            Err(_) => {
+                debug!(
+                    image = name,
+                    "Indexes of the repository: no answer in time."
+                );
+                None
+            }
         }
     }
 }

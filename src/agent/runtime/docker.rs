@@ -20,7 +20,6 @@ use tracing::{debug, info, warn};
 use crate::agent::jobs::{inspect_off_runtime, Done, FromImage, ImageOutcome, InspectFailure};
 use crate::agent::pipeline::Input;
 use crate::agent::runtime::backoff;
-use crate::agent::Config;
 use crate::containerd::event::{Envelope, Event};
 use crate::diagnose::{Identity, Runtime};
 use crate::docker::{self, Change, Client, DockerError, Layers};
@@ -60,7 +59,7 @@ pub(crate) async fn watch(
                 metrics.docker_connected.set(0);
                 metrics.inspection_error(e.kind());
                 live.disconnected();
-                let _ = tx.send(Input::DockerDisconnected).await;
+                let _ = tx.send(Input::Disconnected(super::Which::Docker)).await;
                 if connected || attempt == 0 {
                     warn!(error = %e, host = %host, "Docker connection lost; reconnecting.");
                 } else {
@@ -79,6 +78,14 @@ pub(crate) async fn watch(
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// Docker's image names, keyed in its namespace.
+fn in_namespace(names: Vec<String>) -> Vec<(String, String)> {
+    names
+        .into_iter()
+        .map(|n| (docker::NAMESPACE.to_string(), n))
+        .collect()
 }
 
 /// Aborts the task that forwards the event stream when the session ends.
@@ -147,10 +154,23 @@ async fn session(
     *connected = true;
     info!(host, api_version = %client.api_version(), containers = containers.len(), images = images.len(), "Connected to Docker Engine.");
     if tx
-        .send(Input::DockerReconciled {
-            client: client.clone(),
-            containers,
-            images,
+        .send(Input::Reconciled {
+            connection: super::Connection::Docker(client.clone()),
+            listing: Box::new(super::Listing {
+                images: in_namespace(images),
+                containers: containers
+                    .into_iter()
+                    .map(|id| {
+                        let key = Key {
+                            namespace: docker::NAMESPACE.into(),
+                            id,
+                        };
+                        (key, super::Hint::default())
+                    })
+                    .collect(),
+                tasks: Vec::new(),
+                records_say: true,
+            }),
         })
         .await
         .is_err()
@@ -194,7 +214,11 @@ async fn session(
                     match client.container(&key).await {
                         Ok(c) => {
                             if let Some(pid) = c.pid {
-                                let _ = tx.send(Input::DockerPid { id: key, pid }).await;
+                                let key = Key {
+                                    namespace: docker::NAMESPACE.into(),
+                                    id: key,
+                                };
+                                let _ = tx.send(Input::Pid { key, pid }).await;
                             }
                         }
                         Err(e) => {
@@ -223,7 +247,10 @@ async fn session(
                     }),
                 ]
             }
-            Change::Images => vec![Input::DockerImages(client.image_names().await?)],
+            Change::Images => vec![Input::Images {
+                which: super::Which::Docker,
+                names: in_namespace(client.image_names().await?),
+            }],
             Change::Other => Vec::new(),
         };
         for i in inputs {
@@ -493,9 +520,4 @@ impl ImageJob {
             }
         }
     }
-}
-
-/// Whether the agent was told to follow Docker and the key is one of Docker's.
-pub(crate) fn is_docker(cfg: &Config, key_namespace: &str) -> bool {
-    cfg.docker_host.is_some() && key_namespace == docker::NAMESPACE
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::containerd::{Client, ContainerdError};
-use crate::pipeline::History;
+use crate::pipeline::{History, Key};
 use crate::replay::Recording;
 use tracing::debug;
 
@@ -98,6 +98,276 @@ impl Lookup {
                 }
             }
             _ => None,
+        }
+    }
+}
+
+pub(crate) use crate::containerd::event::{Envelope, Event};
+
+/// Which runtime a container or image belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Which {
+    Containerd,
+    Docker,
+}
+
+/// A runtime's connection, as a watcher hands it to the pipeline.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Containerd(Lookup),
+    Docker(crate::docker::Client),
+}
+
+/// What a runtime gave along with a container (containerd: its record from a listing, the
+/// mounts of its task from an event): read by the runtime's own job, opaque to the pipeline.
+#[derive(Default)]
+pub(crate) struct Hint {
+    pub(crate) record: Option<containerd_client::services::v1::Container>,
+    pub(crate) rootfs: Option<Vec<containerd_client::types::Mount>>,
+}
+
+/// A container's task as a listing shows it.
+pub(crate) enum Task {
+    Running {
+        pid: u32,
+    },
+    Stopped {
+        exit_status: u32,
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Created, or in a state that says nothing more.
+    Created,
+}
+
+/// What a runtime lists right after subscribing, in the pipeline's terms.
+#[derive(Default)]
+pub(crate) struct Listing {
+    pub(crate) images: Vec<(String, String)>,
+    pub(crate) containers: Vec<(Key, Hint)>,
+    pub(crate) tasks: Vec<(Key, Task)>,
+    /// The runtime lists no tasks: each new container's own record says what became of it
+    /// (Docker).
+    pub(crate) records_say: bool,
+}
+
+/// The runtimes the agent follows, and their connections while connected. The pipeline asks
+/// it for every job that reads what events do not carry; it routes each container and image
+/// to the runtime that runs it (Docker's containers are keyed in its containerd namespace,
+/// `moby`, so one followed through both runtimes is one record).
+pub(crate) struct Runtimes {
+    follow_containerd: bool,
+    follow_docker: bool,
+    containerd: Option<Lookup>,
+    docker: Option<crate::docker::Client>,
+}
+
+/// What an image inspection needs besides the runtime and the name.
+pub(crate) struct ImageParams {
+    pub(crate) node: crate::platform::Node,
+    /// Read when the inspection starts, not when it was queued.
+    pub(crate) binfmt: tokio::sync::watch::Receiver<Arc<crate::binfmt::Table>>,
+    pub(crate) timeout: Duration,
+    pub(crate) snapshotter: String,
+    pub(crate) metrics: crate::sinks::metrics::Metrics,
+    pub(crate) bounds: Bounds,
+}
+
+type Job<T> = futures::future::BoxFuture<'static, T>;
+
+impl Runtimes {
+    pub(crate) fn new(cfg: &Config) -> Runtimes {
+        Runtimes {
+            follow_containerd: cfg.address.is_some(),
+            follow_docker: cfg.docker_host.is_some(),
+            containerd: None,
+            docker: None,
+        }
+    }
+
+    /// The runtime that runs what is in namespace `ns`.
+    pub(crate) fn which(&self, ns: &str) -> Which {
+        if self.follow_docker && ns == crate::docker::NAMESPACE {
+            Which::Docker
+        } else {
+            Which::Containerd
+        }
+    }
+
+    /// As reports name it.
+    pub(crate) fn runtime(&self, ns: &str) -> crate::diagnose::Runtime {
+        match self.which(ns) {
+            Which::Containerd => crate::diagnose::Runtime::Containerd,
+            Which::Docker => crate::diagnose::Runtime::Docker,
+        }
+    }
+
+    /// The namespaces a runtime's listing answers for.
+    pub(crate) fn scope(&self, which: Which) -> impl Fn(&str) -> bool + 'static {
+        let docker = self.follow_docker;
+        move |ns: &str| {
+            let w = if docker && ns == crate::docker::NAMESPACE {
+                Which::Docker
+            } else {
+                Which::Containerd
+            };
+            w == which
+        }
+    }
+
+    pub(crate) fn connected(&mut self, c: Connection) -> Which {
+        match c {
+            Connection::Containerd(l) => {
+                self.containerd = Some(l);
+                Which::Containerd
+            }
+            Connection::Docker(d) => {
+                self.docker = Some(d);
+                Which::Docker
+            }
+        }
+    }
+
+    pub(crate) fn disconnected(&mut self, which: Which) {
+        match which {
+            Which::Containerd => self.containerd = None,
+            Which::Docker => self.docker = None,
+        }
+    }
+
+    /// Every runtime followed is connected and listed.
+    pub(crate) fn ready(&self) -> bool {
+        (!self.follow_containerd || self.containerd.is_some())
+            && (!self.follow_docker || self.docker.is_some())
+    }
+
+    /// Whether the runtime of `ns` records a refused start in the container's own state
+    /// (Docker), so that a container without a task is asked rather than presumed refused.
+    pub(crate) fn records_refusals(&self, ns: &str) -> bool {
+        self.which(ns) == Which::Docker
+    }
+
+    fn live_containerd(&self) -> Option<Client> {
+        match &self.containerd {
+            Some(Lookup::Live(c)) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// The job that reads a container's record (who, what it runs as whom, its layers);
+    /// `None` while its runtime is away (judged at the next reconcile).
+    pub(crate) fn identify(
+        &self,
+        key: Key,
+        hint: Hint,
+        ask_history: bool,
+        errors: prometheus_client::metrics::family::Family<
+            crate::sinks::metrics::KindLabels,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    ) -> Option<Job<Done>> {
+        match self.which(&key.namespace) {
+            Which::Docker => {
+                let client = self.docker.clone()?;
+                let containerd = self.live_containerd();
+                Some(Box::pin(async move {
+                    docker::identify(&client, containerd.as_ref(), key, ask_history, &errors).await
+                }))
+            }
+            Which::Containerd => {
+                let client = self.containerd.clone()?;
+                Some(Box::pin(async move {
+                    containerd::identify_job(
+                        &client,
+                        key,
+                        hint.record,
+                        hint.rootfs,
+                        ask_history,
+                        &errors,
+                    )
+                    .await
+                }))
+            }
+        }
+    }
+
+    /// The job that asks a runtime that records refusals what became of a container that
+    /// never got a task.
+    pub(crate) fn ask(&self, key: Key) -> Option<Job<Done>> {
+        let client = self.docker.clone()?;
+        Some(Box::pin(async move { docker::asked(&client, key).await }))
+    }
+
+    /// The job that resolves an image name to its content.
+    pub(crate) fn image_named(&self, ns: String, name: String) -> Option<Job<Done>> {
+        match self.which(&ns) {
+            Which::Docker => {
+                let client = self.docker.clone()?;
+                Some(Box::pin(async move {
+                    docker::image_named(&client, ns, name).await
+                }))
+            }
+            Which::Containerd => {
+                // A recording carries no image content: images are judged live only.
+                let client = self.live_containerd()?;
+                Some(Box::pin(async move {
+                    let target = client.image(&ns, &name).await.ok().and_then(|i| i.target);
+                    let index = target
+                        .as_ref()
+                        .is_some_and(|t| crate::variant::is_index(&t.media_type));
+                    Done::ImageNamed {
+                        ns,
+                        name,
+                        digest: target.map(|t| t.digest),
+                        index,
+                    }
+                }))
+            }
+        }
+    }
+
+    /// The job that inspects an image's content through one of its names.
+    pub(crate) fn image_job(
+        &self,
+        ns: String,
+        name: String,
+        p: ImageParams,
+    ) -> Option<Job<ImageOutcome>> {
+        match self.which(&ns) {
+            Which::Docker => {
+                let client = self.docker.clone()?;
+                let containerd = self.live_containerd();
+                let job = docker::ImageJob {
+                    node: p.node,
+                    binfmt: p.binfmt,
+                    timeout: p.timeout,
+                    metrics: p.metrics,
+                    bounds: p.bounds,
+                };
+                Some(Box::pin(async move {
+                    job.run(&client, containerd.as_ref(), &name).await
+                }))
+            }
+            Which::Containerd => {
+                let client = self.live_containerd()?;
+                let job = containerd::ImageJob {
+                    node: p.node,
+                    binfmt: p.binfmt,
+                    timeout: p.timeout,
+                    snapshotter: p.snapshotter,
+                    metrics: p.metrics,
+                    bounds: p.bounds,
+                };
+                Some(Box::pin(async move { job.run(&client, &ns, &name).await }))
+            }
+        }
+    }
+
+    /// Where the variant a container runs can be told (containerd's images and their
+    /// indexes); `None` for a runtime without them.
+    pub(crate) fn variants(&self, ns: &str) -> Option<containerd::Variants> {
+        match self.which(ns) {
+            Which::Containerd => self.live_containerd().map(containerd::Variants),
+            Which::Docker => None,
         }
     }
 }
