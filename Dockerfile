@@ -23,7 +23,7 @@ WORKDIR /src
 COPY . .
 RUN if [ "$BUILDARCH" = amd64 ]; then export CC_x86_64_unknown_linux_musl=musl-gcc; \
     else export CC_x86_64_unknown_linux_musl=x86_64-linux-gnu-gcc; fi \
- && cargo build --release --locked --target "$(cat /rust-target)" \
+ && cargo build --release --locked --no-default-features --target "$(cat /rust-target)" \
  && cp "target/$(cat /rust-target)/release/archwatch" /archwatch
 # An empty, world-writable, sticky directory for the final image's /tmp: `archwatch verify`
 # fetches a registry image into a temporary directory, and scratch has none.

@@ -32,9 +32,11 @@ enum Command {
     Inspect(InspectArgs),
     /// Lists binfmt_misc handlers and the architecture each one emulates.
     Binfmt(BinfmtArgs),
-    /// Follows containerd and diagnoses every exec-shaped start failure on this node.
+    /// Follows containerd (and Docker Engine) and diagnoses every exec-shaped start failure
+    /// on this node.
     Agent(AgentArgs),
     /// Reproduces the classic incidents on a private containerd and shows the diagnoses.
+    #[cfg(feature = "lab")]
     Demo(DemoArgs),
     /// Proves every platform of an image runs its own entrypoint (a CI guardrail).
     Verify(VerifyArgs),
@@ -90,6 +92,7 @@ struct StatusArgs {
     json: bool,
 }
 
+#[cfg(feature = "lab")]
 #[derive(Args)]
 struct DemoArgs {
     /// Where scripts/fixtures put Debian's foreign-architecture binaries.
@@ -263,6 +266,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => run_inspect(a),
         Command::Binfmt(a) => run_binfmt(a),
         Command::Agent(a) => run_agent(a),
+        #[cfg(feature = "lab")]
         Command::Demo(a) => run_demo(a),
         Command::Verify(a) => run_verify(a),
         Command::Events(a) => run_events(a),
@@ -661,6 +665,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+#[cfg(feature = "lab")]
 fn run_demo(a: DemoArgs) -> anyhow::Result<u8> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));

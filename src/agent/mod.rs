@@ -36,14 +36,25 @@ use tracing::{info, warn};
 mod binfmt;
 mod jobs;
 mod pipeline;
+#[cfg(feature = "lab")]
 mod replay;
 mod report;
 mod runtime;
 
-pub use replay::{Feed, Replay, ReplayStats};
+#[cfg(feature = "lab")]
+pub use replay::{Replay, ReplayStats};
+
+/// What feeds the pipeline: the runtimes the agent follows, or (in the lab) a recorded
+/// stream replayed in their place.
+pub enum Feed {
+    Runtimes,
+    #[cfg(feature = "lab")]
+    Replay(Replay),
+}
 
 use binfmt::*;
 use pipeline::*;
+#[cfg(feature = "lab")]
 use replay::*;
 use report::*;
 
@@ -111,7 +122,7 @@ pub async fn run(
     stop: CancellationToken,
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), AgentError> {
-    run_fed(cfg, Feed::Containerd, stop, bound).await
+    run_fed(cfg, Feed::Runtimes, stop, bound).await
 }
 
 /// [`run`], fed by containerd or by a replay (benchmarks and load tests drive the whole
@@ -205,7 +216,7 @@ pub async fn run_fed(
         )));
     }
     match feed {
-        Feed::Containerd => {
+        Feed::Runtimes => {
             if let Some(address) = cfg.address.clone() {
                 watchers.push(tokio::spawn(runtime::containerd::watch_containerd(
                     cfg.clone(),
@@ -217,6 +228,7 @@ pub async fn run_fed(
                 )));
             }
         }
+        #[cfg(feature = "lab")]
         Feed::Replay(r) => {
             live.runtime("containerd").connected();
             watchers.push(tokio::spawn(replay_feed(

@@ -13,12 +13,6 @@ use crate::agent::runtime::containerd::*;
 use crate::agent::runtime::*;
 use crate::agent::*;
 
-/// What feeds the pipeline: containerd's event stream, or a replay of one.
-pub enum Feed {
-    Containerd,
-    Replay(Replay),
-}
-
 /// A recorded event stream to push through the pipeline, as fast as it goes or paced.
 pub struct Replay {
     pub recording: Arc<Recording>,

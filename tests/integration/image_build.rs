@@ -78,8 +78,9 @@ fn pairs(args: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// The static musl binary, built as the Dockerfile builds it: same target, linker and C
-/// compiler (debug profile: the linking is what is checked, and it is the same).
+/// The static musl binary, built as the Dockerfile builds it: same target, linker, C
+/// compiler and features (debug profile: the linking is what is checked, and it is the
+/// same).
 fn musl_binary() -> PathBuf {
     let target_dir = repo().join("target/musl");
     let status = Command::new(env!("CARGO"))
@@ -87,6 +88,7 @@ fn musl_binary() -> PathBuf {
             "build",
             "--quiet",
             "--locked",
+            "--no-default-features",
             "--bin",
             "archwatch",
             "--target",
@@ -127,7 +129,31 @@ fn the_container_image_binary_runs_on_scratch() {
     );
     assert!(dockerfile.contains("FROM scratch"));
     assert!(dockerfile.contains("ENTRYPOINT [\"/archwatch\"]"));
+    assert!(
+        dockerfile.contains("cargo build --release --locked --no-default-features"),
+        "the shipped binary is built without the lab"
+    );
     let built = musl_binary();
+    // Without the lab: no private containerd or Docker to start, no demo, no replays in the
+    // binary that runs as root on every node.
+    let demo = Command::new(&built).arg("demo").output().unwrap();
+    assert_eq!(demo.status.code(), Some(2), "{demo:?}");
+    assert!(
+        String::from_utf8_lossy(&demo.stderr).contains("unrecognized subcommand"),
+        "{demo:?}"
+    );
+    let strings = std::fs::read(&built).unwrap();
+    for lab_only in [
+        &b"aw-dockerd-"[..],
+        b"archwatch-containerd-",
+        b"archwatch-demo-",
+    ] {
+        assert!(
+            !strings.windows(lab_only.len()).any(|w| w == lab_only),
+            "{} is in the shipped binary",
+            String::from_utf8_lossy(lab_only)
+        );
+    }
     let v = inspect_scratch(&built);
     assert_eq!(v["verdict"], "ok", "{v:#}");
     assert_eq!(v["binary_arch"], "amd64");

@@ -48,6 +48,7 @@ pub(crate) enum Input {
         pid: u32,
     },
     /// Answered once every job started so far has finished (a replay's end).
+    #[cfg(feature = "lab")]
     Drained(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -175,6 +176,7 @@ impl Pipeline {
                 self.note_emulated(&key);
             }
             Input::Event(env) => self.event(env),
+            #[cfg(feature = "lab")]
             Input::Drained(t) => self.drained.push(t),
         }
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::containerd::{Client, ContainerdError};
 use crate::pipeline::{History, Key};
+#[cfg(feature = "lab")]
 use crate::replay::Recording;
 use tracing::debug;
 
@@ -18,13 +19,16 @@ use crate::agent::*;
 pub(crate) mod containerd;
 pub(crate) mod docker;
 
-/// Where the pipeline reads what events do not carry: containerd, or a recording.
+/// Where the pipeline reads what events do not carry: containerd, or (in the lab) a
+/// recording.
 #[derive(Clone)]
 pub(crate) enum Lookup {
     Live(Client),
+    #[cfg(feature = "lab")]
     Recorded(Arc<Recording>),
 }
 
+#[cfg(feature = "lab")]
 pub(crate) fn not_recorded(call: &'static str) -> ContainerdError {
     ContainerdError::Rpc {
         call,
@@ -40,6 +44,7 @@ impl Lookup {
     ) -> Result<containerd_client::services::v1::Container, ContainerdError> {
         match self {
             Lookup::Live(c) => c.container(ns, id).await,
+            #[cfg(feature = "lab")]
             Lookup::Recorded(r) => r
                 .containers
                 .get(&(ns.to_string(), id.to_string()))
@@ -56,6 +61,7 @@ impl Lookup {
     ) -> Result<Vec<PathBuf>, ContainerdError> {
         match self {
             Lookup::Live(c) => c.snapshot_layers(ns, snapshotter, key).await,
+            #[cfg(feature = "lab")]
             Lookup::Recorded(r) => r
                 .snapshots
                 .get(key)
@@ -67,6 +73,7 @@ impl Lookup {
     async fn image_digest(&self, ns: &str, name: &str) -> Option<String> {
         match self {
             Lookup::Live(c) => c.image(ns, name).await.ok()?.target.map(|t| t.digest),
+            #[cfg(feature = "lab")]
             Lookup::Recorded(r) => r.images.get(&(ns.to_string(), name.to_string())).cloned(),
         }
     }
@@ -81,6 +88,7 @@ impl Lookup {
                     None
                 }
             },
+            #[cfg(feature = "lab")]
             Lookup::Recorded(_) => None,
         }
     }
