@@ -7,15 +7,17 @@
 //! /proc/sys/fs/binfmt_misc (poll) ──► binfmt ───┘          metrics ◄── Diagnosis ──► journal
 //! ```
 //!
-//! Modules in flow order: [`containerd`] (events, listings, read-only snapshot views) feeds
-//! [`agent`] (tasks and channels) and its pure state machine [`pipeline`]; [`image`] resolves
+//! Modules in flow order: [`containerd`] (events, listings, read-only snapshot views) and
+//! [`docker`] (Docker Engine's API: events, records, overlay2 layers) feed [`agent`] (tasks
+//! and channels) and its pure state machine [`pipeline`]; [`image`] resolves
 //! index → manifest → config; [`rootfs`] resolves paths inside a layer stack without ever
 //! leaving it; [`inspect`] walks argv[0] like the kernel's execve (with [`platform`] and
 //! [`binfmt`]); [`variant`] tells which platform's manifest a container runs and [`fix`]
 //! chooses the fix that fits the cause (a code from a closed set, and its sentence);
 //! [`diagnose`] joins a verdict with an exit into one [`diagnose::Diagnosis`]; [`sinks`]
-//! report it. [`oci`], [`lab`] and [`demo`] build and run incident images on a
-//! private containerd; [`report`] renders the CLI's human output.
+//! report it. With the `lab` feature (the default; not in the shipped image), [`oci`],
+//! [`lab`] and [`demo`] build and run incident images on a private containerd and Docker
+//! Engine; [`report`] renders the CLI's human output.
 #![forbid(unsafe_code)]
 
 pub mod agent;

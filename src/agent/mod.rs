@@ -2,20 +2,23 @@
 //! them:
 //!
 //! ```text
-//! watcher (connect, subscribe, reconcile, reconnect) ──Input──► pipeline ──► jobs (inspect)
-//!                                                                  │  ▲          │
-//!                                                                  │  └─JobDone──┘
-//!                                                                  ▼
-//!                                                 Diagnosis ─► log, metrics, journal
+//! runtime/containerd watcher ─┐
+//!                             ├─Input─► pipeline ──► jobs (records, inspections) ──┐
+//! runtime/docker watcher ─────┘            │  ▲                                    │
+//!                                          │  └──────────────── Done ──────────────┘
+//!                                          ▼
+//!                           Diagnosis ─► report: log, metrics, Events, API, journal
 //! ```
 //!
-//! The watcher subscribes first and lists second, so nothing falls in the gap; duplicates
-//! are harmless (the tracker knows what it has seen). Everything known of a container is one
-//! record in the tracker's store: a reconcile prunes what containerd no longer lists from
-//! every bit of state and every gauge, and judges again, once, what a dropped connection
-//! left unjudged. Jobs (`jobs`) are bounded: a few inspections at once, each on the
-//! blocking pool with a time budget; one bad image never stalls the rest. Containers that
-//! run under emulation: `emulation`.
+//! Each watcher (`runtime/`) subscribes first and lists second, so nothing falls in the gap;
+//! duplicates are harmless (the tracker knows what it has seen). It hands the pipeline a
+//! connection, a listing and events in the pipeline's own terms; every job that reads what
+//! events do not carry is asked of the runtimes (`runtime::Runtimes`), so the pipeline
+//! (`pipeline/`) names no runtime. Everything known of a container is one record in the
+//! tracker's store: a reconcile prunes what a runtime no longer lists from every bit of state
+//! and every gauge, and judges again, once, what a dropped connection left unjudged. Jobs
+//! (`jobs`) are bounded: a few inspections at once, each on the blocking pool with a time
+//! budget; one bad image never stalls the rest.
 
 use crate::pipeline::Windows;
 use crate::platform::Node;
