@@ -11,7 +11,7 @@
 //! [`docker`] (Docker Engine's API: events, records, overlay2 layers) feed [`agent`] (tasks
 //! and channels) and its pure state machine [`pipeline`]; [`image`] resolves
 //! index → manifest → config; [`rootfs`] resolves paths inside a layer stack without ever
-//! leaving it; [`inspect`] walks argv[0] like the kernel's execve (with [`platform`] and
+//! leaving it; [`inspect`] walks `argv[0]` like the kernel's execve (with [`platform`] and
 //! [`binfmt`]); [`variant`] tells which platform's manifest a container runs and [`fix`]
 //! chooses the fix that fits the cause (a code from a closed set, and its sentence);
 //! [`diagnose`] joins a verdict with an exit into one [`diagnose::Diagnosis`]; [`sinks`]

@@ -458,6 +458,45 @@ fn the_agent_follows_docker_engine_through_every_seed_scene() {
         agent.metrics()
     );
 
+    // `archwatch inspect --container` judges a dead container by name, from Docker's record:
+    // its command, user and layers.
+    for (name, verdict, code) in [
+        ("config-lies", "arch_mismatch", 1),
+        ("root-only-as-1000", "not_executable", 1),
+        ("healthy", "ok", 0),
+    ] {
+        let out = support::archwatch()
+            .args([
+                "inspect",
+                "--json",
+                "--docker-host",
+                &host,
+                "--container",
+                name,
+            ])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{name}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(v["verdict"], verdict, "{name}: {v:#}");
+        assert_eq!(out.status.code().map(|c| c != 0), Some(code != 0), "{name}");
+    }
+    let missing = support::archwatch()
+        .args([
+            "inspect",
+            "--docker-host",
+            &host,
+            "--container",
+            "no-such-container",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("No such container"),
+        "{missing:?}"
+    );
+
     // A restart (a rollout): Docker keeps the dead containers; nothing is said again.
     let before = agent.failures().len();
     let journal = agent.journal.clone();
@@ -525,4 +564,45 @@ fn status(sock: &std::path::Path) -> archwatch::sinks::api::pb::Status {
             .expect("status")
             .into_inner()
     })
+}
+
+#[test]
+fn inspect_a_containerd_container_by_id() {
+    let mut ctd = Containerd::start();
+    ctd.import_spec(
+        "k8s.io",
+        "archwatch.test/inspect-container:v1",
+        &ImageSpec::new(
+            "amd64",
+            &["/app", "true"],
+            vec![Layer(vec![Item::file(
+                "/app",
+                support::busybox("arm64"),
+                0o755,
+            )])],
+        ),
+    );
+    let id = support::unique("inspect-ctr");
+    let out = ctd.ctr_ns(
+        "k8s.io",
+        &["run", "-d", "archwatch.test/inspect-container:v1", &id],
+    );
+    let _ = out;
+    let listed = ctd.ctr_ns("k8s.io", &["containers", "ls", "-q"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&id),
+        "the failed container is kept, as the kubelet keeps it"
+    );
+    let out = support::archwatch()
+        .args(["inspect", "--json", "--address"])
+        .arg(&ctd.socket)
+        .args(["--namespace", "k8s.io", "--container", &id])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["verdict"], "arch_mismatch", "{v:#}");
+    assert_eq!(v["argv"], serde_json::json!(["/app", "true"]), "{v:#}");
+    assert_eq!(v["binary_arch"], "arm64", "{v:#}");
+    assert_eq!(out.status.code(), Some(1));
 }
