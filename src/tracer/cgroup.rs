@@ -380,12 +380,31 @@ impl Attributor {
         found
     }
 
+    /// [`super::worth_reporting`] in the failing process's own root, or, when it is gone and
+    /// the path is absolute, in the root of another process of the same cgroup.
+    pub fn worth(&self, ev: &ExecError, cgroup: &str) -> super::Worth {
+        use super::Worth;
+        let own = super::worth_reporting(ev, &self.proc.join(ev.tgid.to_string()));
+        if own != Worth::ProcessGone || !ev.path.is_absolute() {
+            return own;
+        }
+        self.pids_in(cgroup)
+            .into_iter()
+            .map(|pid| super::worth_reporting(ev, &self.proc.join(pid.to_string())))
+            .find(|w| *w != Worth::ProcessGone)
+            .unwrap_or(Worth::ProcessGone)
+    }
+
     /// Processes in a cgroup v2 path: when the failing process is gone, one of these
     /// shares its container's root (see [`super::worth_reporting`]).
     pub fn pids_in(&self, cgroup: &str) -> Vec<u32> {
         let Some(root) = &self.cgroup2 else {
             return Vec::new();
         };
+        // A path seen through another cgroup namespace climbs with `..`: never outside.
+        if cgroup.split('/').any(|c| c == "..") {
+            return Vec::new();
+        }
         std::fs::read_to_string(
             root.join(cgroup.trim_start_matches('/'))
                 .join("cgroup.procs"),
