@@ -43,5 +43,6 @@ pub mod rootfs;
 pub mod sinks;
 pub mod source;
 pub mod tls;
+pub mod tracer;
 pub mod variant;
 pub mod verify;

@@ -17,4 +17,5 @@ mod manifests;
 mod rootfs;
 mod state;
 mod support;
+mod tracer;
 mod verify;
