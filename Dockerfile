@@ -6,7 +6,7 @@ FROM --platform=$BUILDPLATFORM rust:1-bookworm AS build
 ARG TARGETARCH
 ARG BUILDARCH
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates protobuf-compiler musl-tools gcc-aarch64-linux-gnu gcc-x86-64-linux-gnu \
+ && apt-get install -y --no-install-recommends ca-certificates protobuf-compiler clang musl-tools gcc-aarch64-linux-gnu gcc-x86-64-linux-gnu \
  && rm -rf /var/lib/apt/lists/*
 RUN case "$TARGETARCH" in \
       amd64) echo x86_64-unknown-linux-musl ;; \
@@ -14,8 +14,9 @@ RUN case "$TARGETARCH" in \
       *) echo "unsupported TARGETARCH $TARGETARCH" >&2; exit 1 ;; \
     esac > /rust-target \
  && rustup target add "$(cat /rust-target)"
-# Rust's own lld links the self-contained musl targets; the only C (ring, for TLS to the API
-# server) is compiled by musl-gcc natively or by the Debian cross compiler.
+# Rust's own lld links the self-contained musl targets; the only C linked in (ring, for TLS to
+# the API server) is compiled by musl-gcc natively or by the Debian cross compiler. clang
+# compiles the exec tracer's eBPF program (build.rs), the same object for both targets.
 ENV CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
     CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc

@@ -58,6 +58,7 @@ fn main() {
         proc_dir: work.path().join("no-proc"),
         unhealthy_after: std::time::Duration::from_secs(120),
         kube_request_timeout: archwatch::sinks::kube_events::REQUEST_TIMEOUT,
+        exec_tracer: archwatch::tracer::TracerMode::Off,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -192,6 +192,7 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
         proc_dir: PathBuf::from("/proc"),
         unhealthy_after: std::time::Duration::from_secs(120),
         kube_request_timeout: crate::sinks::kube_events::REQUEST_TIMEOUT,
+        exec_tracer: crate::tracer::TracerMode::Off,
     };
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone(), Some(bound_tx)));
     let metrics_addr = bound_rx.await.ok();
@@ -662,6 +663,7 @@ async fn docker_scene(
         proc_dir: PathBuf::from("/proc"),
         unhealthy_after: Duration::from_secs(120),
         kube_request_timeout: crate::sinks::kube_events::REQUEST_TIMEOUT,
+        exec_tracer: crate::tracer::TracerMode::Off,
     };
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone(), None));
     let scenes: [DockerScene; 2] = [

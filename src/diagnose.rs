@@ -123,6 +123,9 @@ pub enum Signal {
     TaskNeverCreated,
     /// Found at reconcile: the task had already stopped with a non-zero status.
     StoppedBeforeWatch,
+    /// A later exec in a running container failed (the exec tracer saw the kernel refuse
+    /// it).
+    ExecError,
 }
 
 /// The exit side of a failure.

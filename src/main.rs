@@ -118,6 +118,10 @@ struct AgentArgs {
     /// socket that does not answer is given up on and reconnected with backoff.
     #[arg(long, default_value_t = 10)]
     docker_request_timeout_secs: u64,
+    /// Every failed exec in every container (probes, kubectl exec, helpers), from eBPF:
+    /// `auto` runs it when the node allows (saying once why not), `on` or fail, `off`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    exec_tracer: String,
     /// Namespace to watch (repeatable); default: all (k8s.io, moby, default, ...).
     #[arg(long = "namespace")]
     namespaces: Vec<String>,
@@ -652,6 +656,10 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
         proc_dir: a.proc_dir.clone(),
         unhealthy_after: std::time::Duration::from_secs(a.unhealthy_after_secs.max(1)),
         kube_request_timeout: std::time::Duration::from_secs(a.kube_request_timeout_secs.max(1)),
+        exec_tracer: a
+            .exec_tracer
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--exec-tracer {e}"))?,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

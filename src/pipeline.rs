@@ -378,6 +378,28 @@ impl Tracker {
         self.store.get(key).map(|c| &c.who)
     }
 
+    /// Whether an exec by runc's init in container `id`, from process `tgid`, is the
+    /// container's first process starting (not a later `runc exec`): the container is not
+    /// known, or has no running init, or that init is `tgid`.
+    pub fn is_start_exec(&self, id: &str, tgid: u32) -> bool {
+        match self.store.iter().find(|(k, _)| k.id == id) {
+            None => true,
+            Some((_, c)) => match c.init {
+                Some(i) if i.running && i.pid != 0 => i.pid == tgid,
+                _ => true,
+            },
+        }
+    }
+
+    /// Who a container is, by its id alone (in whichever namespace it is tracked): what a
+    /// process's cgroup names.
+    pub fn identity_by_id(&self, id: &str) -> Option<&Identity> {
+        self.store
+            .iter()
+            .find(|(k, c)| k.id == id && !c.who.container_id.is_empty())
+            .map(|(_, c)| &c.who)
+    }
+
     /// After a full listing: what containerd no longer holds is forgotten (it went while
     /// the agent was away or disconnected), diagnosed or not, with every count it was in.
     /// Returns the listed containers to judge again: those whose record or snapshot could

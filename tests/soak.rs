@@ -1052,6 +1052,7 @@ fn load_fifty_failures_a_second_through_faults() {
         proc_dir: work.path().join("no-proc"),
         unhealthy_after: Duration::from_secs(120),
         kube_request_timeout: Duration::from_secs(1),
+        exec_tracer: archwatch::tracer::TracerMode::Off,
     };
 
     // The faults and the samples, on their own thread.

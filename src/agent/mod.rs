@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod binfmt;
+mod exec_tracer;
 mod jobs;
 mod pipeline;
 #[cfg(feature = "lab")]
@@ -101,6 +102,8 @@ pub struct Config {
     pub unhealthy_after: Duration,
     /// One Kubernetes API request's limit (a silent connection never holds Events for good).
     pub kube_request_timeout: Duration,
+    /// Every failed exec in every container, from eBPF: `auto`, `on` or `off`.
+    pub exec_tracer: crate::tracer::TracerMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +115,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Journal(#[from] crate::sinks::journal::JournalError),
+    #[error("--exec-tracer on: {0}")]
+    Tracer(#[from] crate::tracer::TracerError),
     #[error("cannot serve the API on {path}: {source}")]
     Api {
         path: String,
@@ -205,8 +210,23 @@ pub async fn run_fed(
         stop.clone(),
     ));
 
+    // Started before anything else runs: `--exec-tracer on` on a node that cannot run it
+    // fails here.
+    let tracer = exec_tracer::start(cfg.exec_tracer, &metrics)?;
     let (tx, rx) = mpsc::channel::<Input>(1024);
     let mut watchers = Vec::new();
+    if let Some(t) = tracer {
+        watchers.push(tokio::spawn(exec_tracer::follow(
+            t,
+            cfg.proc_dir.clone(),
+            cfg.node.clone(),
+            binfmt_rx.clone(),
+            cfg.inspect_timeout,
+            metrics.clone(),
+            tx.clone(),
+            stop.clone(),
+        )));
+    }
     if let Some(host) = &cfg.docker_host {
         info!(host = %host, "Following Docker Engine.");
         watchers.push(tokio::spawn(runtime::docker::watch(

@@ -23,6 +23,18 @@ pub(crate) enum Record<'a> {
         #[serde(flatten)]
         diagnosis: &'a Diagnosis,
     },
+    /// A later exec in a running container that failed (the exec tracer).
+    ExecError {
+        diagnosed_at: DateTime<Utc>,
+        #[serde(flatten)]
+        diagnosis: &'a Diagnosis,
+        pid: u32,
+        tgid: u32,
+        comm: &'a str,
+        path: String,
+        path_truncated: bool,
+        errno: &'static str,
+    },
     /// A container whose entrypoint runs only through a binfmt_misc emulator.
     Emulated {
         diagnosed_at: DateTime<Utc>,
@@ -102,6 +114,52 @@ impl Sinks {
         self.write(&Record::ExecFailure {
             diagnosed_at,
             diagnosis: d,
+        });
+    }
+
+    pub(crate) fn exec_error(&mut self, d: &Diagnosis, ev: &crate::tracer::ExecError) {
+        warn!(
+            namespace = d.identity.namespace(),
+            pod = d.identity.pod.as_deref().unwrap_or(""),
+            container = d.identity.container.as_deref().unwrap_or(&d.identity.container_id),
+            pid = ev.tgid,
+            comm = %ev.comm,
+            path = %ev.path.display(),
+            errno = ev.errno.name(),
+            verdict = %d.verdict,
+            "Exec failed in a running container: {}",
+            d.cause
+        );
+        self.metrics
+            .exec_errors
+            .get_or_create(&metrics::FailureLabels {
+                namespace: d.identity.namespace().to_string(),
+                reason: d.verdict.code().to_string(),
+                binary_arch: d.binary_arch_label.to_string(),
+                node_arch: d.node_arch.clone(),
+            })
+            .inc();
+        if let (Some(events), Some(mut spec)) = (&self.events, kube_events::for_diagnosis(d)) {
+            // One series per pod, path and reason: a probe failing every 10 s is one Event
+            // whose count grows.
+            spec.about = Some(format!(
+                "{}:{}",
+                spec.about.as_deref().unwrap_or(""),
+                ev.path.display()
+            ));
+            events.push(spec);
+        }
+        let diagnosed_at = Utc::now();
+        self.api.publish(d, diagnosed_at);
+        self.write(&Record::ExecError {
+            diagnosed_at,
+            diagnosis: d,
+            pid: ev.pid,
+            tgid: ev.tgid,
+            comm: &ev.comm,
+            path: ev.path.to_string_lossy().into_owned(),
+            path_truncated: ev.truncated,
+            errno: ev.errno.name(),
         });
     }
 

@@ -19,6 +19,23 @@ pub struct FailureLabels {
     pub node_arch: String,
 }
 
+/// What became of one failed exec the tracer saw.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+/// Every `outcome` of `archwatch_exec_tracer_events_total`.
+pub const EXEC_EVENT_OUTCOMES: &[&str] = &[
+    "reported",
+    "container_start",
+    "host",
+    "unattributed",
+    "rate_limited",
+    "path_search",
+    "unjudgeable",
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ImageLabels {
     pub verdict: String,
@@ -144,6 +161,11 @@ impl MetricConstructor<Histogram> for DurationBuckets {
 #[derive(Clone)]
 pub struct Metrics {
     pub exec_failures: Family<FailureLabels, Counter>,
+    /// Failed execs in running containers (the exec tracer), judged.
+    pub exec_errors: Family<FailureLabels, Counter>,
+    /// 1 while the exec tracer runs.
+    pub exec_tracer_up: Gauge,
+    pub exec_events: Family<OutcomeLabels, Counter>,
     pub images_inspected: Family<ImageLabels, Gauge>,
     pub containers_emulated: Family<ArchLabels, Gauge>,
     pub binfmt_handler_info: Family<HandlerLabels, Gauge>,
@@ -165,6 +187,9 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             exec_failures: Family::default(),
+            exec_errors: Family::default(),
+            exec_tracer_up: Gauge::default(),
+            exec_events: Family::default(),
             images_inspected: Family::default(),
             containers_emulated: Family::default(),
             binfmt_handler_info: Family::default(),
@@ -192,6 +217,21 @@ impl Metrics {
             "exec_failures",
             "Containers whose start failed because argv[0] cannot exec on this node",
             self.exec_failures.clone(),
+        );
+        r.register(
+            "exec_errors",
+            "Failed execs in running containers (probes, kubectl exec, helpers), by the verdict for the failed path",
+            self.exec_errors.clone(),
+        );
+        r.register(
+            "exec_tracer_up",
+            "1 while the eBPF exec tracer runs (--exec-tracer), 0 when it is off or the node cannot run it",
+            self.exec_tracer_up.clone(),
+        );
+        r.register(
+            "exec_tracer_events",
+            "Failed execs the exec tracer saw, by what became of them",
+            self.exec_events.clone(),
         );
         r.register(
             "images_inspected",
@@ -287,7 +327,12 @@ impl Metrics {
                 topic: (*topic).into(),
             }));
         }
-        for target in ["image", "container"] {
+        for outcome in EXEC_EVENT_OUTCOMES {
+            drop(self.exec_events.get_or_create(&OutcomeLabels {
+                outcome: (*outcome).into(),
+            }));
+        }
+        for target in ["image", "container", "exec"] {
             drop(self.inspection_duration.get_or_create(&TargetLabels {
                 target: target.into(),
             }));
@@ -420,6 +465,20 @@ mod tests {
                 node_arch: "amd64".into(),
             })
             .inc();
+        m.exec_errors
+            .get_or_create(&FailureLabels {
+                namespace: "shop".into(),
+                reason: "arch_mismatch".into(),
+                binary_arch: "arm64".into(),
+                node_arch: "amd64".into(),
+            })
+            .inc();
+        m.exec_tracer_up.set(1);
+        m.exec_events
+            .get_or_create(&OutcomeLabels {
+                outcome: "reported".into(),
+            })
+            .inc();
         m.images_inspected
             .get_or_create(&ImageLabels {
                 verdict: "ok".into(),
@@ -488,6 +547,15 @@ mod tests {
             "# HELP archwatch_exec_failures Containers whose start failed because argv[0] cannot exec on this node.\n\
 # TYPE archwatch_exec_failures counter\n\
 archwatch_exec_failures_total{{namespace=\"shop\",reason=\"arch_mismatch\",binary_arch=\"arm64\",node_arch=\"amd64\"}} 1\n\
+# HELP archwatch_exec_errors Failed execs in running containers (probes, kubectl exec, helpers), by the verdict for the failed path.\n\
+# TYPE archwatch_exec_errors counter\n\
+archwatch_exec_errors_total{{namespace=\"shop\",reason=\"arch_mismatch\",binary_arch=\"arm64\",node_arch=\"amd64\"}} 1\n\
+# HELP archwatch_exec_tracer_up 1 while the eBPF exec tracer runs (--exec-tracer), 0 when it is off or the node cannot run it.\n\
+# TYPE archwatch_exec_tracer_up gauge\n\
+archwatch_exec_tracer_up 1\n\
+# HELP archwatch_exec_tracer_events Failed execs the exec tracer saw, by what became of them.\n\
+# TYPE archwatch_exec_tracer_events counter\n\
+archwatch_exec_tracer_events_total{{outcome=\"reported\"}} 1\n\
 # HELP archwatch_images_inspected Images on this node by the verdict for their entrypoint.\n\
 # TYPE archwatch_images_inspected gauge\n\
 archwatch_images_inspected{{verdict=\"ok\",binary_arch=\"amd64\"}} 3\n\

@@ -254,6 +254,14 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
+/// The cgroup v2 hierarchy in a host's `/sys/fs/cgroup` mounted elsewhere: the directory
+/// itself (pure v2) or its `unified` directory (hybrid); `None` on a pure v1 host.
+pub fn cgroup2_root_in(dir: &Path) -> Option<PathBuf> {
+    [dir.to_path_buf(), dir.join("unified")]
+        .into_iter()
+        .find(|d| d.join("cgroup.controllers").exists())
+}
+
 /// mountinfo writes space, tab, newline and backslash as `\ooo`.
 fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
@@ -547,6 +555,31 @@ mod tests {
             Some(PathBuf::from("/mnt/with space"))
         );
         assert_eq!(cgroup2_mount("22 1 0:5 / /proc rw - proc proc rw\n"), None);
+    }
+
+    #[test]
+    fn the_v2_hierarchy_is_found_in_a_hosts_sys_fs_cgroup() {
+        let pure = tempfile::tempdir().unwrap();
+        std::fs::write(
+            pure.path().join("cgroup.controllers"),
+            "cpu io memory pids\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cgroup2_root_in(pure.path()),
+            Some(pure.path().to_path_buf())
+        );
+        let hybrid = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(hybrid.path().join("unified")).unwrap();
+        std::fs::create_dir_all(hybrid.path().join("memory")).unwrap();
+        std::fs::write(hybrid.path().join("unified/cgroup.controllers"), "").unwrap();
+        assert_eq!(
+            cgroup2_root_in(hybrid.path()),
+            Some(hybrid.path().join("unified"))
+        );
+        let v1 = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(v1.path().join("memory")).unwrap();
+        assert_eq!(cgroup2_root_in(v1.path()), None);
     }
 
     #[test]

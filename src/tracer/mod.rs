@@ -28,7 +28,7 @@ pub mod worth;
 
 pub use cgroup::{Attribution, Attributor, ContainerRef, ProcCgroup, Runtime};
 pub use limit::RateLimiter;
-pub use load::{Tracer, TracerConfig, TracerStats};
+pub use load::{enable_run_stats, ProgramStats, Tracer, TracerConfig, TracerStats};
 pub use record::{ExecErrno, ExecError, Syscall};
 pub use worth::{worth_reporting, Worth};
 

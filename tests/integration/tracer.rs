@@ -573,3 +573,143 @@ fn a_storm_from_one_container_is_rate_limited_in_the_kernel_and_another_is_still
         let _ = ctd.ctr_ns(NS, &["tasks", "kill", "-s", "SIGKILL", id]);
     }
 }
+
+/// The agent with its exec tracer: a probe-like loop that runs a wrong-arch helper in a
+/// running pod, `ctr task exec` of a script whose interpreter is missing, a shell's PATH
+/// search, a host process and a container whose own entrypoint fails.
+#[test]
+fn the_agent_reports_every_failed_exec_in_a_running_pod_once_per_cause() {
+    use crate::support::agent::Agent;
+    let _fs = tracefs();
+    let mut ctd = Containerd::start();
+    image(&mut ctd);
+    let agent = Agent::start(&ctd.socket, &["--exec-tracer", "on", "--namespace", NS]);
+    agent.wait_ready();
+    assert_eq!(agent.metric("archwatch_exec_tracer_up", &[]), 1.0);
+    let id = support::unique("probe-pod");
+    let labels = [
+        format!("--label=io.kubernetes.pod.name={id}"),
+        "--label=io.kubernetes.pod.namespace=shop".to_string(),
+        "--label=io.kubernetes.pod.uid=uid-probe".to_string(),
+        "--label=io.kubernetes.container.name=app".to_string(),
+    ];
+    let mut args: Vec<&str> = vec!["run", "-d"];
+    args.extend(labels.iter().map(String::as_str));
+    args.extend([
+        IMAGE,
+        &id,
+        "/bin/sh",
+        "-c",
+        "while true; do /arm-helper; /bin/busybox env nosuch-command; sleep 0.3; done",
+    ]);
+    let out = ctd.ctr_ns(NS, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let errors = |a: &Agent| -> Vec<serde_json::Value> {
+        a.lines()
+            .into_iter()
+            .filter(|l| l["kind"] == "exec_error" && l["container_id"] == id.as_str())
+            .collect()
+    };
+    agent.wait_for("the helper's exec error", Duration::from_secs(30), || {
+        errors(&agent).iter().any(|l| l["path"] == "/arm-helper")
+    });
+    let e = errors(&agent)
+        .into_iter()
+        .find(|l| l["path"] == "/arm-helper")
+        .unwrap();
+    assert_eq!(e["verdict"], "arch_mismatch", "{e}");
+    assert_eq!(e["errno"], "ENOEXEC", "{e}");
+    assert_eq!(e["signal"], "exec_error", "{e}");
+    assert_eq!(e["binary_arch"], "arm64", "{e}");
+    assert_eq!(
+        e["pod"],
+        id.as_str(),
+        "the pod's identity from its record: {e}"
+    );
+    assert_eq!(e["pod_namespace"], "shop", "{e}");
+    assert_eq!(e["comm"], "sh", "{e}");
+    assert_eq!(e["fix_code"], "publish_multiarch", "{e}");
+
+    // `kubectl exec` of a script whose interpreter is missing: ENOENT for a file that
+    // exists, reported; the PATH search of `env nosuch-command` never is.
+    let exec = ctd.ctr_ns(
+        NS,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "probe-exec",
+            &id,
+            "/app/run.sh",
+        ],
+    );
+    assert!(!exec.status.success(), "the interpreter is missing");
+    agent.wait_for("the missing interpreter", Duration::from_secs(20), || {
+        errors(&agent).iter().any(|l| l["path"] == "/app/run.sh")
+    });
+    let m = errors(&agent)
+        .into_iter()
+        .find(|l| l["path"] == "/app/run.sh")
+        .unwrap();
+    assert_eq!(m["errno"], "ENOENT", "{m}");
+    assert!(
+        !m["verdict"].as_str().unwrap_or("").is_empty() && m["verdict"] != "ok",
+        "{m}"
+    );
+    assert!(
+        !errors(&agent)
+            .iter()
+            .any(|l| l["path"].as_str().unwrap_or("").contains("nosuch-command")),
+        "a PATH search is noise"
+    );
+    assert!(
+        agent.metric(
+            "archwatch_exec_tracer_events_total",
+            &[("outcome", "path_search")]
+        ) >= 1.0
+    );
+
+    // A host process failing an exec: not reported.
+    let dir = tempfile::tempdir().unwrap();
+    let host_bin = dir.path().join("host-arm-helper");
+    arm_binary(&host_bin);
+    assert_eq!(spawn_fails(&host_bin), libc_enoexec());
+    // A container whose own entrypoint cannot exec: an exec failure, not also an exec error.
+    let own = support::unique("own-entry");
+    let out = ctd.ctr_ns(NS, &["run", "-d", IMAGE, &own, "/arm-helper"]);
+    let _ = out;
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = agent.lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["kind"] == "exec_error" && l["path"] == host_bin.to_string_lossy().as_ref()),
+        "host processes are not reported"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["kind"] == "exec_error" && l["container_id"] == own.as_str()),
+        "a container's first exec is its exec failure, not an exec error"
+    );
+    assert!(agent.metric("archwatch_exec_tracer_events_total", &[("outcome", "host")]) >= 1.0);
+    // The loop keeps failing every 0.3 s: the agent's per-container limit (2/s, burst 10)
+    // holds what is reported, and the count says so.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        agent.metric(
+            "archwatch_exec_errors_total",
+            &[("namespace", "shop"), ("reason", "arch_mismatch")]
+        ) >= 2.0
+    );
+    let _ = ctd.ctr_ns(NS, &["tasks", "kill", "-s", "SIGKILL", &id]);
+}
+
+/// ENOEXEC's value.
+fn libc_enoexec() -> i32 {
+    8
+}

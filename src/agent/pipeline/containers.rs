@@ -199,4 +199,67 @@ impl Pipeline {
             }
         });
     }
+
+    /// A failed exec the tracer saw in a running container: said with the container's
+    /// identity (from its record when the agent tracks it, else what its cgroup says),
+    /// counted, journaled, streamed and sent as an Event (one series per pod, path and
+    /// reason).
+    pub(crate) fn exec_error(&mut self, seen: crate::agent::exec_tracer::SeenExec) {
+        use crate::diagnose::{Diagnosis, Runtime, Signal};
+        let c = &seen.container;
+        let who = self
+            .tracker
+            .identity_by_id(&c.id)
+            .cloned()
+            .unwrap_or_else(|| Identity {
+                containerd_namespace: c.namespace.clone().unwrap_or_default(),
+                container_id: c.id.clone(),
+                pod_uid: c.pod_uid.clone(),
+                runtime: match c.runtime {
+                    Some(crate::tracer::Runtime::Docker) => Runtime::Docker,
+                    _ => Runtime::Containerd,
+                },
+                ..Identity::default()
+            });
+        let ev = &seen.event;
+        // runc's init execs a container's first process, and the process of every `runc
+        // exec`: the first is the container's own start, reported as its exec failure.
+        if ev.comm.starts_with("runc:[") && self.tracker.is_start_exec(&c.id, ev.tgid) {
+            self.sinks
+                .metrics
+                .exec_events
+                .get_or_create(&crate::sinks::metrics::OutcomeLabels {
+                    outcome: "container_start".into(),
+                })
+                .inc();
+            return;
+        }
+        let i = match seen.judged {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(container = %c.id, path = %ev.path.display(), errno = ev.errno.name(), error = %e, "A failed exec could not be judged.");
+                return;
+            }
+        };
+        let d = Diagnosis {
+            node: self.cfg.node_name.clone(),
+            identity: who,
+            argv: i.argv.clone(),
+            verdict: i.verdict,
+            reason: i.verdict.event_reason(),
+            symptom: i.symptom,
+            cause: i.cause.clone(),
+            fix: i.fix.clone(),
+            fix_code: i.fix_code,
+            binary_arch: i.binary_arch.map(|a| a.to_string()),
+            binary_arch_label: i.binary_arch.map(|a| a.label()).unwrap_or("unknown"),
+            node_arch: i.node_arch.to_string(),
+            signal: Signal::ExecError,
+            exit_code: None,
+            started_at: None,
+            exited_at: Some(seen.at),
+            findings: i.findings.clone(),
+        };
+        self.sinks.exec_error(&d, ev);
+    }
 }

@@ -42,6 +42,8 @@ pub(crate) enum Input {
         which: Which,
         names: Vec<(String, String)>,
     },
+    /// A failed exec in a running container, seen by the exec tracer and judged.
+    ExecError(Box<crate::agent::exec_tracer::SeenExec>),
     /// The init pid of a started container, learnt after its start.
     Pid {
         key: Key,
@@ -176,6 +178,7 @@ impl Pipeline {
                 self.note_emulated(&key);
             }
             Input::Event(env) => self.event(env),
+            Input::ExecError(seen) => self.exec_error(*seen),
             #[cfg(feature = "lab")]
             Input::Drained(t) => self.drained.push(t),
         }

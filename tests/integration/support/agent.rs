@@ -86,6 +86,13 @@ impl Agent {
             } else {
                 &["--kube", "off"][..]
             })
+            .args(if extra.contains(&"--exec-tracer") {
+                &[][..]
+            } else {
+                // One tracer per test that asks for it: every agent of a parallel suite
+                // tracing every container would report the others' execs.
+                &["--exec-tracer", "off"][..]
+            })
             .args(extra)
             .env_remove("DOCKER_HOST")
             .envs(env.iter().map(|(k, v)| (*k, *v)))
