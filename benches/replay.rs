@@ -59,6 +59,7 @@ fn main() {
         unhealthy_after: std::time::Duration::from_secs(120),
         kube_request_timeout: archwatch::sinks::kube_events::REQUEST_TIMEOUT,
         exec_tracer: archwatch::tracer::TracerMode::Off,
+        cgroup_dir: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

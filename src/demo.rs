@@ -193,6 +193,7 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
         unhealthy_after: std::time::Duration::from_secs(120),
         kube_request_timeout: crate::sinks::kube_events::REQUEST_TIMEOUT,
         exec_tracer: crate::tracer::TracerMode::Off,
+        cgroup_dir: None,
     };
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone(), Some(bound_tx)));
     let metrics_addr = bound_rx.await.ok();
@@ -664,6 +665,7 @@ async fn docker_scene(
         unhealthy_after: Duration::from_secs(120),
         kube_request_timeout: crate::sinks::kube_events::REQUEST_TIMEOUT,
         exec_tracer: crate::tracer::TracerMode::Off,
+        cgroup_dir: None,
     };
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone(), None));
     let scenes: [DockerScene; 2] = [

@@ -122,6 +122,11 @@ struct AgentArgs {
     /// `auto` runs it when the node allows (saying once why not), `on` or fail, `off`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     exec_tracer: String,
+    /// The host's cgroup v2 hierarchy, where the exec tracer attributes a cgroup id to its
+    /// container (in a pod: a hostPath mount of /sys/fs/cgroup); default: the one this
+    /// process sees.
+    #[arg(long)]
+    cgroup_dir: Option<PathBuf>,
     /// Namespace to watch (repeatable); default: all (k8s.io, moby, default, ...).
     #[arg(long = "namespace")]
     namespaces: Vec<String>,
@@ -660,6 +665,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<u8> {
             .exec_tracer
             .parse()
             .map_err(|e: String| anyhow::anyhow!("--exec-tracer {e}"))?,
+        cgroup_dir: a.cgroup_dir.clone(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -114,6 +114,7 @@ fn fifty_failures_a_second_stay_bounded_lose_nothing_and_respect_the_api() {
         unhealthy_after: std::time::Duration::from_secs(120),
         kube_request_timeout: archwatch::sinks::kube_events::REQUEST_TIMEOUT,
         exec_tracer: archwatch::tracer::TracerMode::Off,
+        cgroup_dir: None,
     };
 
     let samples = Arc::new(Mutex::new(Vec::<(f64, u64)>::new()));

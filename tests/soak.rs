@@ -1053,6 +1053,7 @@ fn load_fifty_failures_a_second_through_faults() {
         unhealthy_after: Duration::from_secs(120),
         kube_request_timeout: Duration::from_secs(1),
         exec_tracer: archwatch::tracer::TracerMode::Off,
+        cgroup_dir: None,
     };
 
     // The faults and the samples, on their own thread.

@@ -74,6 +74,7 @@ pub(crate) fn start(mode: TracerMode, metrics: &Metrics) -> Result<Option<Tracer
 pub(crate) async fn follow(
     mut tracer: Tracer,
     proc_dir: PathBuf,
+    cgroup_dir: Option<PathBuf>,
     node: Node,
     binfmt: watch::Receiver<Arc<Table>>,
     timeout: Duration,
@@ -81,9 +82,15 @@ pub(crate) async fn follow(
     tx: mpsc::Sender<Input>,
     stop: CancellationToken,
 ) {
-    let cgroup2 = std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|m| crate::tracer::cgroup::cgroup2_mount(&m));
+    let cgroup2 = match cgroup_dir {
+        Some(d) => crate::tracer::cgroup::cgroup2_root_in(&d),
+        None => std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|m| crate::tracer::cgroup::cgroup2_mount(&m)),
+    };
+    if cgroup2.is_none() {
+        warn!("No cgroup v2 hierarchy: failed execs of processes that already exited cannot be attributed.");
+    }
     let mut attributor = Attributor::new(proc_dir.clone(), cgroup2);
     let mut limiter: RateLimiter<String> =
         RateLimiter::new(PER_CONTAINER_RATE, PER_CONTAINER_BURST, TRACKED_CONTAINERS);

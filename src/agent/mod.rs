@@ -104,6 +104,9 @@ pub struct Config {
     pub kube_request_timeout: Duration,
     /// Every failed exec in every container, from eBPF: `auto`, `on` or `off`.
     pub exec_tracer: crate::tracer::TracerMode,
+    /// The host's cgroup v2 hierarchy (a pod's own /sys/fs/cgroup shows only itself);
+    /// `None`: the one this process sees.
+    pub cgroup_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +222,7 @@ pub async fn run_fed(
         watchers.push(tokio::spawn(exec_tracer::follow(
             t,
             cfg.proc_dir.clone(),
+            cfg.cgroup_dir.clone(),
             cfg.node.clone(),
             binfmt_rx.clone(),
             cfg.inspect_timeout,

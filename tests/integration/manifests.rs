@@ -198,7 +198,19 @@ fn manifests_are_valid_api_objects_with_least_privilege() {
         let (drop, mut add) = m::capabilities(&ds);
         add.sort();
         assert_eq!(drop, vec!["ALL".to_string()]);
-        assert_eq!(add, vec!["DAC_READ_SEARCH", "SYS_ADMIN", "SYS_PTRACE"]);
+        // The exec tracer's component adds what loading eBPF programs takes, nothing else.
+        let want: &[&str] = if overlay == "exec-tracer" {
+            &[
+                "BPF",
+                "DAC_READ_SEARCH",
+                "PERFMON",
+                "SYS_ADMIN",
+                "SYS_PTRACE",
+            ]
+        } else {
+            &["DAC_READ_SEARCH", "SYS_ADMIN", "SYS_PTRACE"]
+        };
+        assert_eq!(add, want, "{overlay}");
 
         // Writable: only the journal's and the API socket's directories.
         let writable: Vec<PathBuf> = ["--journal", "--api-socket"]
@@ -325,10 +337,49 @@ fn overlays_point_the_agent_at_their_distributions_containerd() {
             "/run/containerd/containerd.sock",
             "/var/lib/containerd",
         ),
+        (
+            "exec-tracer",
+            "/run/containerd/containerd.sock",
+            "/var/lib/containerd",
+        ),
     ];
     assert_eq!(cases.len(), OVERLAYS.len() + 1, "every overlay has a case");
     for (overlay, socket, croot) in cases {
         let ds = m::daemonset(overlay);
+        // The exec tracer, where it is on: what the kernel asks of it (CAP_BPF and
+        // CAP_PERFMON, tracefs) and the host's cgroup hierarchy to attribute its events.
+        let caps = m::agent_container(&ds)
+            .security_context
+            .and_then(|s| s.capabilities)
+            .and_then(|c| c.add)
+            .unwrap_or_default();
+        match m::flag(&ds, "--exec-tracer").as_deref() {
+            Some("on") => {
+                assert_eq!(overlay, "exec-tracer");
+                assert!(
+                    caps.iter().any(|c| c == "BPF") && caps.iter().any(|c| c == "PERFMON"),
+                    "{overlay}: {caps:?}"
+                );
+                let cg = m::flag(&ds, "--cgroup-dir").expect("--cgroup-dir");
+                let (mount, on_host) = m::on_host(&ds, Path::new(&cg)).expect("mounted");
+                assert_eq!(on_host, Path::new("/sys/fs/cgroup"), "{overlay}");
+                assert!(mount.read_only, "{overlay}");
+                assert!(
+                    m::host_mounts(&ds)
+                        .iter()
+                        .any(|h| h.host_path == Path::new("/sys/kernel/tracing")
+                            && h.mount_path == Path::new("/sys/kernel/tracing")),
+                    "{overlay}: tracefs"
+                );
+            }
+            other => {
+                assert_ne!(overlay, "exec-tracer", "{other:?}");
+                assert!(
+                    !caps.iter().any(|c| c == "BPF" || c == "PERFMON"),
+                    "{overlay}: no eBPF capabilities without the tracer: {caps:?}"
+                );
+            }
+        }
         // Docker Engine, where followed: its socket's directory from the host, and its data
         // root at the host path (layer directories are read where Docker says they are).
         match m::flag(&ds, "--docker-host") {
@@ -394,7 +445,7 @@ fn overlays_point_the_agent_at_their_distributions_containerd() {
             }
             let kind = a["kind"].as_str().unwrap();
             match *overlay {
-                "k3s" | "rke2" | "docker" => {
+                "k3s" | "rke2" | "docker" | "exec-tracer" => {
                     assert_eq!(kind, "DaemonSet", "{overlay} changes {kind}")
                 }
                 "kube-prometheus-stack" => {

@@ -9,7 +9,13 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Container;
 
 /// The example overlays under manifests/overlays, each the base plus one component.
-pub const OVERLAYS: &[&str] = &["k3s", "rke2", "kube-prometheus-stack", "docker"];
+pub const OVERLAYS: &[&str] = &[
+    "k3s",
+    "rke2",
+    "kube-prometheus-stack",
+    "docker",
+    "exec-tracer",
+];
 
 /// The name of the base rendering (`kubectl apply -k manifests/`).
 pub const BASE: &str = "base";
