@@ -541,3 +541,78 @@ fn the_k3s_and_rke2_renderings_reach_their_containerd() {
         );
     }
 }
+
+/// The exec-tracer component's DaemonSet (CAP_BPF and CAP_PERFMON added, tracefs and the
+/// host's cgroup hierarchy mounted, `--exec-tracer=on`): the tracer starts with exactly
+/// those privileges and reports a running pod's failing helper.
+#[test]
+fn the_exec_tracer_runs_with_the_components_privileges_and_reports_a_running_pod() {
+    let _fs = crate::tracer::tracefs();
+    let spec = ContainerSpec::from_daemonset(&manifests::daemonset("exec-tracer"));
+    assert_eq!(spec.arg("exec-tracer").as_deref(), Some("on"));
+    let mut ctd = Containerd::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let node = node(&ctd, scratch.path())
+        .with(
+            "/sys/kernel/tracing",
+            std::path::Path::new("/sys/kernel/tracing"),
+        )
+        .with("/sys/fs/cgroup", std::path::Path::new("/sys/fs/cgroup"));
+    let mut agent = PodAgent::start(&spec, &node, &[]);
+    agent.wait_ready();
+    let eff = pod::decode_caps(&agent.status_field("CapEff").unwrap());
+    assert_eq!(sorted(eff), sorted(spec.caps.clone()));
+    assert_eq!(agent.metric("archwatch_exec_tracer_up", &[]), 1.0);
+
+    let tag = "archwatch.test/traced:v1";
+    import(
+        &mut ctd,
+        scratch.path(),
+        tag,
+        &ImageSpec::new(
+            "amd64",
+            &["/bin/sh"],
+            vec![Layer(vec![
+                Item::file("/bin/busybox", support::busybox("amd64"), 0o755),
+                Item::symlink("/bin/sh", "busybox"),
+                Item::symlink("/bin/sleep", "busybox"),
+                Item::file("/probe", support::busybox("arm64"), 0o755),
+            ])],
+        ),
+    );
+    let id = support::unique("traced");
+    let mut args = vec!["run", "-d"];
+    let lbl: Vec<String> = labels(&id)
+        .iter()
+        .map(|(k, v)| format!("--label={k}={v}"))
+        .collect();
+    args.extend(lbl.iter().map(String::as_str));
+    args.extend([
+        tag,
+        &id,
+        "/bin/sh",
+        "-c",
+        "while true; do /probe; sleep 0.5; done",
+    ]);
+    let out = ctd.ctr_ns("k8s.io", &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent.wait_for("the probe's exec error", Duration::from_secs(30), |a| {
+        a.lines()
+            .iter()
+            .any(|l| l["kind"] == "exec_error" && l["pod"] == id.as_str())
+    });
+    let e = agent
+        .lines()
+        .into_iter()
+        .find(|l| l["kind"] == "exec_error" && l["pod"] == id.as_str())
+        .unwrap();
+    assert_eq!(e["verdict"], "arch_mismatch", "{e}");
+    assert_eq!(e["path"], "/probe", "{e}");
+    assert_eq!(e["errno"], "ENOEXEC", "{e}");
+    let _ = ctd.ctr_ns("k8s.io", &["tasks", "kill", "-s", "SIGKILL", &id]);
+    assert_eq!(agent.stop(), Some(0));
+}

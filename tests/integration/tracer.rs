@@ -23,7 +23,7 @@ const IMAGE: &str = "archwatch.test/tracer:v1";
 /// (tracers holding it, whether this process mounted it).
 static TRACEFS: Mutex<(usize, bool)> = Mutex::new((0, false));
 
-struct TracefsGuard;
+pub(crate) struct TracefsGuard;
 
 fn tracefs_mounted() -> bool {
     ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
@@ -35,7 +35,7 @@ fn tracefs_mounted() -> bool {
         })
 }
 
-fn tracefs() -> TracefsGuard {
+pub(crate) fn tracefs() -> TracefsGuard {
     let mut g = TRACEFS.lock().unwrap_or_else(|e| e.into_inner());
     if g.0 == 0 && !tracefs_mounted() {
         let st = std::process::Command::new("mount")
