@@ -730,11 +730,15 @@ fn run_events(a: EventsArgs) -> anyhow::Result<u8> {
                     "container_id": d.container_id, "image": d.image, "verdict": d.verdict, "reason": d.reason,
                     "signal": d.signal, "exit_code": d.exit_code, "cause": d.cause, "fix": d.fix, "fix_code": d.fix_code,
                     "binary_arch": d.binary_arch, "node_arch": d.node_arch, "findings": d.findings,
+                    "argv": d.argv, "runtime": d.runtime,
                 });
                 println!("{v}");
             } else {
                 let who = if d.pod.is_empty() { format!("container {}", d.container_id) } else { format!("{}/{} {}", d.pod_namespace, d.pod, d.container) };
                 println!("{}  {who}  {}  {}", ts(&d.exited_at), d.image, d.verdict);
+                if d.signal == "exec_error" {
+                    println!("    exec of {} in the running container failed", d.argv.first().map(String::as_str).unwrap_or(""));
+                }
                 println!("    {}", d.cause);
                 println!("    fix ({}): {}", d.fix_code, d.fix);
             }

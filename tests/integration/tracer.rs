@@ -583,7 +583,15 @@ fn the_agent_reports_every_failed_exec_in_a_running_pod_once_per_cause() {
     let _fs = tracefs();
     let mut ctd = Containerd::start();
     image(&mut ctd);
-    let agent = Agent::start(&ctd.socket, &["--exec-tracer", "on", "--namespace", NS]);
+    let (api, url) = crate::support::fake_api::FakeApi::start();
+    let work = tempfile::tempdir().unwrap();
+    let kubeconfig = work.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, crate::support::fake_api::kubeconfig(&url)).unwrap();
+    let agent = Agent::start_with_env(
+        &ctd.socket,
+        &["--exec-tracer", "on", "--namespace", NS, "--kube", "auto"],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
     agent.wait_ready();
     assert_eq!(agent.metric("archwatch_exec_tracer_up", &[]), 1.0);
     let id = support::unique("probe-pod");
@@ -705,6 +713,54 @@ fn the_agent_reports_every_failed_exec_in_a_running_pod_once_per_cause() {
             "archwatch_exec_errors_total",
             &[("namespace", "shop"), ("reason", "arch_mismatch")]
         ) >= 2.0
+    );
+    // Kubernetes Events on the Pod: one series per pod, path and reason (the probe's repeats
+    // are PATCHes of one Event, the missing interpreter another Event).
+    let posts = |path_in_note: &str| {
+        api.requests()
+            .into_iter()
+            .filter(|r| {
+                r.method == "POST"
+                    && r.body["regarding"]["name"] == id.as_str()
+                    && r.body["note"].as_str().unwrap_or("").contains(path_in_note)
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (posts("/arm-helper") == 0 || posts("/app/run.sh") == 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(posts("/arm-helper"), 1, "one series for the probe");
+    assert_eq!(posts("/app/run.sh"), 1, "one series for the script");
+    let helper_event = api
+        .requests()
+        .into_iter()
+        .find(|r| {
+            r.method == "POST"
+                && r.body["note"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("/arm-helper")
+        })
+        .unwrap();
+    assert_eq!(helper_event.body["reason"], "ExecFormatError");
+    assert_eq!(helper_event.body["regarding"]["kind"], "Pod");
+    // `archwatch events` shows them beside the containers' own failures.
+    let out = support::archwatch()
+        .args(["events", "--json", "--replay", "100", "--api-socket"])
+        .arg(&agent.api_socket)
+        .output()
+        .unwrap();
+    let streamed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        streamed.iter().any(|d| d["signal"] == "exec_error"
+            && d["argv"][0] == "/arm-helper"
+            && d["verdict"] == "arch_mismatch"
+            && d["pod"] == id.as_str()),
+        "{streamed:?}"
     );
     let _ = ctd.ctr_ns(NS, &["tasks", "kill", "-s", "SIGKILL", &id]);
 }
