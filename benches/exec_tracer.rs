@@ -248,4 +248,112 @@ fn main() {
         stats.ring_full,
         stats.channel_full
     );
+    drop(tracer);
+    agent_latency(dir.path());
+}
+
+/// The whole agent with its tracer, against a lab containerd: a running container runs an
+/// arm64 helper every 600 ms (within the agent's per-container limit); for each failed exec,
+/// the time from the tracer's reading it (the journal's `exited_at`) to its `exec_error`
+/// journal line (`diagnosed_at`): attribution, the judgement in the process's root, and the
+/// report.
+fn agent_latency(work: &Path) {
+    use archwatch::oci::{ImageSpec, Item, Layer, Layout};
+    let n: usize = support::env_or("ARCHWATCH_BENCH_AGENT_FAILS", 30);
+    let mut ctd = archwatch::lab::Containerd::start().expect("containerd");
+    let mut l = Layout::new();
+    let m = l
+        .add_image(&ImageSpec::new(
+            "amd64",
+            &["/bin/sh"],
+            vec![Layer(vec![
+                Item::file("/bin/busybox", support::fixture("busybox-amd64"), 0o755),
+                Item::symlink("/bin/sh", "busybox"),
+                Item::symlink("/bin/sleep", "busybox"),
+                Item::file("/arm-helper", support::fixture("busybox-arm64"), 0o755),
+            ])],
+        ))
+        .expect("image");
+    l.tag("bench/probe:1", &m);
+    let archive = work.join("probe.tar");
+    l.write_archive(&archive).expect("archive");
+    ctd.import("k8s.io", &archive).expect("import");
+    let journal = work.join("journal.jsonl");
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_archwatch"))
+        .args([
+            "agent",
+            "--exec-tracer",
+            "on",
+            "--kube",
+            "off",
+            "--listen",
+            "off",
+            "--api-socket",
+            "off",
+            "--address",
+        ])
+        .arg(&ctd.socket)
+        .arg("--journal")
+        .arg(&journal)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("agent");
+    std::thread::sleep(Duration::from_secs(2));
+    let out = ctd
+        .ctr_ns(
+            "k8s.io",
+            &[
+                "run",
+                "-d",
+                "bench/probe:1",
+                "probe",
+                "/bin/sh",
+                "-c",
+                "while true; do /arm-helper; sleep 0.6; done",
+            ],
+        )
+        .expect("ctr run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(n as u64 + 30);
+    let lines = loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|l: &serde_json::Value| l["kind"] == "exec_error")
+            .collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = ctd.ctr_ns("k8s.io", &["tasks", "kill", "-s", "SIGKILL", "probe"]);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let mut ms: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| {
+            let read = chrono::DateTime::parse_from_rfc3339(l["exited_at"].as_str()?).ok()?;
+            let said = chrono::DateTime::parse_from_rfc3339(l["diagnosed_at"].as_str()?).ok()?;
+            Some((said - read).num_microseconds()? as f64 / 1000.0)
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    if ms.is_empty() {
+        println!("agent: no exec_error line within the deadline");
+        return;
+    }
+    let p = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "agent: failed exec read by the tracer → exec_error journal line ({} of {n}, judged in the process's root): median {:.2} ms, p99 {:.2} ms, worst {:.2} ms",
+        ms.len(),
+        p(0.5),
+        p(0.99),
+        ms[ms.len() - 1]
+    );
 }

@@ -166,7 +166,7 @@ pub(crate) async fn follow(
             }
         }
         let seen = SeenExec {
-            at: Utc::now(),
+            at: DateTime::<Utc>::from(ev.at),
             event: ev,
             container,
             judged,
