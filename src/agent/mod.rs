@@ -119,7 +119,7 @@ pub enum AgentError {
     #[error(transparent)]
     Journal(#[from] crate::sinks::journal::JournalError),
     #[error("--exec-tracer on: {0}")]
-    Tracer(#[from] crate::tracer::TracerError),
+    Tracer(crate::tracer::TracerError),
     #[error("cannot serve the API on {path}: {source}")]
     Api {
         path: String,

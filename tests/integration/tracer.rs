@@ -769,3 +769,56 @@ fn the_agent_reports_every_failed_exec_in_a_running_pod_once_per_cause() {
 fn libc_enoexec() -> i32 {
     8
 }
+
+/// Without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN, `--exec-tracer on` makes the agent exit
+/// saying what is missing; `auto` says it once and goes on, the rest of the agent working.
+#[test]
+fn without_its_capabilities_on_fails_loudly_and_auto_goes_on() {
+    let _fs = tracefs();
+    let ctd = Containerd::start();
+    let drop_bpf = [
+        "setpriv",
+        "--bounding-set",
+        "-bpf,-perfmon,-sys_admin",
+        "--inh-caps",
+        "-all",
+    ];
+    let out = std::process::Command::new(drop_bpf[0])
+        .args(&drop_bpf[1..])
+        .arg(env!("CARGO_BIN_EXE_archwatch"))
+        .args([
+            "agent",
+            "--exec-tracer",
+            "on",
+            "--kube",
+            "off",
+            "--listen",
+            "off",
+        ])
+        .args(["--api-socket", "off", "--address"])
+        .arg(&ctd.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--exec-tracer on") && err.contains("CAP_BPF"),
+        "the reason, naming what is missing: {err}"
+    );
+    assert_eq!(err.matches("lacks CAP_BPF").count(), 1, "said once: {err}");
+    let agent = crate::support::agent::Agent::start_under(
+        &drop_bpf,
+        &ctd.socket,
+        &["--exec-tracer", "auto"],
+        &[],
+    );
+    agent.wait_ready();
+    assert_eq!(agent.metric("archwatch_exec_tracer_up", &[]), 0.0);
+    assert_eq!(agent.metric("archwatch_containerd_connected", &[]), 1.0);
+    let log = agent.log_text();
+    assert_eq!(
+        log.matches("The exec tracer is off").count(),
+        1,
+        "said once: {log}"
+    );
+}
