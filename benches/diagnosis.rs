@@ -59,19 +59,7 @@ fn main() {
         )
         .expect("run");
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let lines = loop {
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&journal)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|l: &serde_json::Value| l["kind"] == "exec_failure")
-            .collect();
-        if lines.len() >= n || Instant::now() > deadline {
-            break lines;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let lines = support::journal_lines(&journal, "exec_failure", n, Duration::from_secs(30));
     // Events: wait for the publisher, then match each POST to its container's exit.
     let deadline = Instant::now() + Duration::from_secs(10);
     while api.requests().len() < lines.len().min(100) && Instant::now() < deadline {
@@ -104,16 +92,7 @@ fn main() {
     let _ = agent.kill();
     let _ = agent.wait();
 
-    let mut ms: Vec<f64> = lines
-        .iter()
-        .filter_map(|l| {
-            let exited = chrono::DateTime::parse_from_rfc3339(l["exited_at"].as_str()?).ok()?;
-            let diagnosed =
-                chrono::DateTime::parse_from_rfc3339(l["diagnosed_at"].as_str()?).ok()?;
-            Some((diagnosed - exited).num_microseconds()? as f64 / 1000.0)
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
+    let ms = support::exit_to_journal_ms(&lines);
     let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
     println!(
         "diagnosis: {} of {n} failing containers diagnosed in {:.1} s of churn",

@@ -58,33 +58,12 @@ fn main() {
         assert_eq!(run.exit_code, Some(1), "{run:?}");
     }
     let churn = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let lines = loop {
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&journal)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|l: &serde_json::Value| l["kind"] == "exec_failure")
-            .collect();
-        if lines.len() >= n || Instant::now() > deadline {
-            break lines;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let lines = support::journal_lines(&journal, "exec_failure", n, Duration::from_secs(30));
     let peak_rss = support::status_kib(&agent.id().to_string(), "VmHWM:");
     let _ = agent.kill();
     let _ = agent.wait();
 
-    let mut ms: Vec<f64> = lines
-        .iter()
-        .filter_map(|l| {
-            let exited = chrono::DateTime::parse_from_rfc3339(l["exited_at"].as_str()?).ok()?;
-            let diagnosed =
-                chrono::DateTime::parse_from_rfc3339(l["diagnosed_at"].as_str()?).ok()?;
-            Some((diagnosed - exited).num_microseconds()? as f64 / 1000.0)
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
+    let ms = support::exit_to_journal_ms(&lines);
     println!(
         "docker: {} of {n} failing containers diagnosed ({:.1} s of docker run)",
         ms.len(),

@@ -319,31 +319,17 @@ fn agent_latency(work: &Path) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let deadline = Instant::now() + Duration::from_secs(n as u64 + 30);
-    let lines = loop {
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&journal)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|l: &serde_json::Value| l["kind"] == "exec_error")
-            .collect();
-        if lines.len() >= n || Instant::now() > deadline {
-            break lines;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let lines = support::journal_lines(
+        &journal,
+        "exec_error",
+        n,
+        Duration::from_secs(n as u64 + 30),
+    );
     let _ = ctd.ctr_ns("k8s.io", &["tasks", "kill", "-s", "SIGKILL", "probe"]);
     let _ = agent.kill();
     let _ = agent.wait();
-    let mut ms: Vec<f64> = lines
-        .iter()
-        .filter_map(|l| {
-            let read = chrono::DateTime::parse_from_rfc3339(l["exited_at"].as_str()?).ok()?;
-            let said = chrono::DateTime::parse_from_rfc3339(l["diagnosed_at"].as_str()?).ok()?;
-            Some((said - read).num_microseconds()? as f64 / 1000.0)
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
+    // `exited_at` of an exec error is when the tracer read it.
+    let ms = support::exit_to_journal_ms(&lines);
     if ms.is_empty() {
         println!("agent: no exec_error line within the deadline");
         return;

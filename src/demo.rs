@@ -172,28 +172,9 @@ pub async fn run(fixtures: PathBuf, stop: CancellationToken) -> Result<(), DemoE
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let cfg = crate::agent::Config {
         address: Some(ctd.socket.clone()),
-        docker_host: None,
-        docker_timeout: std::time::Duration::from_secs(10),
         namespaces: vec![NS.into()],
         listen: Some(([127, 0, 0, 1], 0).into()),
-        node_name: uname.nodename().to_string_lossy().into_owned(),
-        journal: Some(journal.clone()),
-        journal_max_bytes: 64 << 20,
-        binfmt_dir: PathBuf::from(lab::BINFMT_DIR),
-        node: node.clone(),
-        snapshotter: "overlayfs".into(),
-        inspect_timeout: Duration::from_secs(5),
-        windows: Windows::default(),
-        kube: "off".into(),
-        kube_queue: 0,
-        kubeconfig: None,
-        view_lease_ttl: crate::containerd::LEASE_TTL,
-        api_socket: None,
-        proc_dir: PathBuf::from("/proc"),
-        unhealthy_after: std::time::Duration::from_secs(120),
-        kube_request_timeout: crate::sinks::kube_events::REQUEST_TIMEOUT,
-        exec_tracer: crate::tracer::TracerMode::Off,
-        cgroup_dir: None,
+        ..agent_config(&journal, &node)
     };
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone(), Some(bound_tx)));
     let metrics_addr = bound_rx.await.ok();
@@ -607,6 +588,39 @@ async fn handler_seen(name: &str) -> bool {
     }
 }
 
+/// The demo agents' configuration: no runtime yet, no listener, no Kubernetes, no exec
+/// tracer; a journal at `journal`.
+fn agent_config(journal: &Path, node: &Node) -> crate::agent::Config {
+    crate::agent::Config {
+        address: None,
+        docker_host: None,
+        docker_timeout: Duration::from_secs(10),
+        namespaces: Vec::new(),
+        listen: None,
+        node_name: rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned(),
+        journal: Some(journal.to_path_buf()),
+        journal_max_bytes: 64 << 20,
+        binfmt_dir: PathBuf::from(lab::BINFMT_DIR),
+        node: node.clone(),
+        snapshotter: "overlayfs".into(),
+        inspect_timeout: Duration::from_secs(5),
+        windows: Windows::default(),
+        kube: "off".into(),
+        kube_queue: 0,
+        kubeconfig: None,
+        view_lease_ttl: crate::containerd::LEASE_TTL,
+        api_socket: None,
+        proc_dir: PathBuf::from("/proc"),
+        unhealthy_after: Duration::from_secs(120),
+        kube_request_timeout: crate::sinks::kube_events::REQUEST_TIMEOUT,
+        exec_tracer: crate::tracer::TracerMode::Off,
+        cgroup_dir: None,
+    }
+}
+
 /// A Docker scene: its title, the image's tag, the build context's files (path, bytes, mode)
 /// and the Dockerfile's lines after `FROM scratch`.
 type DockerScene<'a> = (
@@ -640,32 +654,8 @@ async fn docker_scene(
     let journal = work.join("docker-timeline.jsonl");
     let agent_stop = stop.child_token();
     let cfg = crate::agent::Config {
-        address: None,
         docker_host: Some(d.host()),
-        docker_timeout: Duration::from_secs(10),
-        namespaces: Vec::new(),
-        listen: None,
-        node_name: rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned(),
-        journal: Some(journal.clone()),
-        journal_max_bytes: 64 << 20,
-        binfmt_dir: PathBuf::from(lab::BINFMT_DIR),
-        node: node.clone(),
-        snapshotter: "overlayfs".into(),
-        inspect_timeout: Duration::from_secs(5),
-        windows: Windows::default(),
-        kube: "off".into(),
-        kube_queue: 0,
-        kubeconfig: None,
-        view_lease_ttl: crate::containerd::LEASE_TTL,
-        api_socket: None,
-        proc_dir: PathBuf::from("/proc"),
-        unhealthy_after: Duration::from_secs(120),
-        kube_request_timeout: crate::sinks::kube_events::REQUEST_TIMEOUT,
-        exec_tracer: crate::tracer::TracerMode::Off,
-        cgroup_dir: None,
+        ..agent_config(&journal, node)
     };
     let agent = tokio::spawn(crate::agent::run(cfg, agent_stop.clone(), None));
     let scenes: [DockerScene; 2] = [

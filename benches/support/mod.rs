@@ -91,3 +91,40 @@ pub fn scrape(addr: std::net::SocketAddr) -> String {
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The journal's lines of `kind`, once there are `n` of them or `timeout` has passed.
+pub fn journal_lines(
+    journal: &std::path::Path,
+    kind: &str,
+    n: usize,
+    timeout: std::time::Duration,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(journal)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|l: &serde_json::Value| l["kind"] == kind)
+            .collect();
+        if lines.len() >= n || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Milliseconds from each line's `exited_at` to its `diagnosed_at`, sorted.
+pub fn exit_to_journal_ms(lines: &[serde_json::Value]) -> Vec<f64> {
+    let mut ms: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| {
+            let exited = chrono::DateTime::parse_from_rfc3339(l["exited_at"].as_str()?).ok()?;
+            let diagnosed =
+                chrono::DateTime::parse_from_rfc3339(l["diagnosed_at"].as_str()?).ok()?;
+            Some((diagnosed - exited).num_microseconds()? as f64 / 1000.0)
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    ms
+}

@@ -42,46 +42,42 @@ pub(crate) async fn watch_containerd(
     tx: mpsc::Sender<Input>,
     stop: CancellationToken,
 ) {
-    let mut attempt: u32 = 0;
-    let mut was_connected = false;
-    while !stop.is_cancelled() {
-        let mut connected = false;
-        match session(
-            &cfg,
-            &address,
-            &metrics,
-            &live,
-            &tx,
-            &stop,
-            was_connected,
-            &mut connected,
-        )
-        .await
-        {
-            Ok(()) => return,
-            Err(e) => {
-                metrics.containerd_connected.set(0);
-                live.disconnected();
-                let _ = tx.send(Input::Disconnected(super::Which::Containerd)).await;
-                // One line per outage, not one per failed attempt.
-                if connected || attempt == 0 {
-                    warn!(error = %e, address = %address.display(), "containerd connection lost; reconnecting.");
-                } else {
-                    debug!(error = %e, attempt, "containerd still unreachable.");
-                }
+    reconnecting(
+        Which::Containerd,
+        &metrics.containerd_connected,
+        &live,
+        &tx,
+        &stop,
+        |reconnecting| {
+            let (cfg, address, metrics, live, tx, stop) = (
+                &cfg, &address, &metrics, &live, &tx, &stop,
+            );
+            async move {
+                let mut connected = false;
+                let r = session(
+                    cfg,
+                    address,
+                    metrics,
+                    live,
+                    tx,
+                    stop,
+                    reconnecting,
+                    &mut connected,
+                )
+                .await;
+                (r, connected)
             }
-        }
-        if connected {
-            attempt = 0;
-            was_connected = true;
-        }
-        let delay = backoff(attempt, rand::random::<f64>());
-        attempt = attempt.saturating_add(1);
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+        },
+        |e, first, attempt| {
+            // One line per outage, not one per failed attempt.
+            if first {
+                warn!(error = %e, address = %address.display(), "containerd connection lost; reconnecting.");
+            } else {
+                debug!(error = %e, attempt, "containerd still unreachable.");
+            }
+        },
+    )
+    .await;
 }
 
 /// One connection's life. `Ok` only when stopping; `connected` is set once the listing is

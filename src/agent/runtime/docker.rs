@@ -19,7 +19,6 @@ use tracing::{debug, info, warn};
 
 use crate::agent::jobs::{inspect_off_runtime, Done, FromImage, ImageOutcome, InspectFailure};
 use crate::agent::pipeline::Input;
-use crate::agent::runtime::backoff;
 use crate::containerd::event::{Envelope, Event};
 use crate::diagnose::{Identity, Runtime};
 use crate::docker::{self, Change, Client, DockerError, Layers};
@@ -38,46 +37,40 @@ pub(crate) async fn watch(
     tx: mpsc::Sender<Input>,
     stop: CancellationToken,
 ) {
-    let mut attempt: u32 = 0;
-    let mut was_connected = false;
-    while !stop.is_cancelled() {
-        let mut connected = false;
-        match session(
-            &host,
-            timeout,
-            &metrics,
-            &live,
-            &tx,
-            &stop,
-            was_connected,
-            &mut connected,
-        )
-        .await
-        {
-            Ok(()) => return,
-            Err(e) => {
-                metrics.docker_connected.set(0);
-                metrics.inspection_error(e.kind());
-                live.disconnected();
-                let _ = tx.send(Input::Disconnected(super::Which::Docker)).await;
-                if connected || attempt == 0 {
-                    warn!(error = %e, host = %host, "Docker connection lost; reconnecting.");
-                } else {
-                    debug!(error = %e, attempt, "Docker still unreachable.");
-                }
+    super::reconnecting(
+        super::Which::Docker,
+        &metrics.docker_connected,
+        &live,
+        &tx,
+        &stop,
+        |reconnecting| {
+            let (host, metrics, live, tx, stop) = (&host, &metrics, &live, &tx, &stop);
+            async move {
+                let mut connected = false;
+                let r = session(
+                    host,
+                    timeout,
+                    metrics,
+                    live,
+                    tx,
+                    stop,
+                    reconnecting,
+                    &mut connected,
+                )
+                .await;
+                (r, connected)
             }
-        }
-        if connected {
-            attempt = 0;
-            was_connected = true;
-        }
-        let delay = backoff(attempt, rand::random::<f64>());
-        attempt = attempt.saturating_add(1);
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+        },
+        |e, first, attempt| {
+            metrics.inspection_error(e.kind());
+            if first {
+                warn!(error = %e, host = %host, "Docker connection lost; reconnecting.");
+            } else {
+                debug!(error = %e, attempt, "Docker still unreachable.");
+            }
+        },
+    )
+    .await;
 }
 
 /// Docker's image names, keyed in its namespace.

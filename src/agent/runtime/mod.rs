@@ -380,6 +380,47 @@ impl Runtimes {
     }
 }
 
+/// A runtime's watcher loop: runs `session` until it ends by stopping (`Ok`). After a
+/// failure the runtime is marked away (its gauge at 0, `/healthz`'s clock started, the
+/// pipeline told), `lost` says why (`first`: the first failure of an outage, worth a line at
+/// WARN), and the next attempt waits the backoff, which starts over after every session that
+/// got connected: a runtime that restarts now and then is back within a second each time.
+/// `session(reconnecting)` answers its result and whether it got connected.
+pub(crate) async fn reconnecting<E, Fut>(
+    which: Which,
+    gauge: &prometheus_client::metrics::gauge::Gauge,
+    live: &crate::sinks::http::Liveness,
+    tx: &tokio::sync::mpsc::Sender<Input>,
+    stop: &tokio_util::sync::CancellationToken,
+    mut session: impl FnMut(bool) -> Fut,
+    mut lost: impl FnMut(&E, bool, u32),
+) where
+    Fut: std::future::Future<Output = (Result<(), E>, bool)>,
+{
+    let mut attempt: u32 = 0;
+    let mut was_connected = false;
+    while !stop.is_cancelled() {
+        let (result, connected) = session(was_connected).await;
+        let Err(e) = result else {
+            return;
+        };
+        gauge.set(0);
+        live.disconnected();
+        let _ = tx.send(Input::Disconnected(which)).await;
+        lost(&e, connected || attempt == 0, attempt);
+        if connected {
+            attempt = 0;
+            was_connected = true;
+        }
+        let delay = backoff(attempt, rand::random::<f64>());
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
 /// Delay before reconnect attempt `attempt` (0-based): 100 ms doubling to a 15 s cap, plus up
 /// to half of that again at random (`jitter` in 0..1), so a fleet does not reconnect in step.
 pub(crate) fn backoff(attempt: u32, jitter: f64) -> Duration {
