@@ -636,6 +636,11 @@ impl Tracker {
         let Some(c) = self.store.get_mut(key) else {
             return Vec::new();
         };
+        // A failure held back for a retry that will not come now: said
+        // ([`Tracker::take_gone_unjudged`]).
+        if let Some(d) = c.deferred.take() {
+            self.gone_unjudged.push((key.clone(), c.who.clone(), d));
+        }
         if c.refusal_recorded && !c.task_created {
             // Removed without ever running, on a runtime that would have recorded a refused
             // start: `docker create` + `rm`, or a builder's container. Nothing failed.
@@ -1045,6 +1050,15 @@ mod tests {
             ("goes", "containerd_rpc")
         );
         assert!(tr.take_gone_unjudged().is_empty());
+        // A container deleted while its failure waits for the retry: said at once.
+        tr.container_created(key("deleted"), t(0));
+        tr.job_started(&key("deleted"));
+        tr.inspected(&key("deleted"), None, Err(true));
+        tr.defer_failure(&key("deleted"), "containerd_rpc", "unavailable".into());
+        tr.container_deleted(&key("deleted"), t(1));
+        let gone = tr.take_gone_unjudged();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].0.id, "deleted");
         // "retried" is being judged again: a failure now is final (no second deferral),
         // and going away later says nothing more.
         assert!(!tr.will_retry(&key("retried")));

@@ -91,7 +91,8 @@ impl InspectFailure {
         InspectFailure {
             kind: e.kind(),
             detail: e.to_string(),
-            retry: true,
+            // A record containerd no longer has is gone for good: said now, not retried.
+            retry: !e.is_not_found(),
         }
     }
 }

@@ -257,7 +257,9 @@ impl Pipeline {
             Event::ContainerDelete { id } => {
                 let k = key(id);
                 self.note_emulated(&k);
-                self.tracker.container_deleted(&k, at)
+                let d = self.tracker.container_deleted(&k, at);
+                self.journal_gone_unjudged();
+                d
             }
             Event::TaskCreate {
                 container_id,
